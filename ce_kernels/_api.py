@@ -1,0 +1,330 @@
+"""The public functions: validation, conversion, defaults and documentation.
+
+The arithmetic happens in C (``src/``) through the bridge in ``_core.pyx``.
+"""
+from __future__ import annotations
+
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+from . import _core
+from . import _threads
+from . import _validation as v
+
+__all__ = [
+    "cross_entropy",
+    "cross_entropy_with_grad",
+    "log_softmax",
+    "softmax",
+    "logsumexp",
+]
+
+
+class _Targets:
+    """Targets in the form the kernels take, plus the mean's denominator."""
+
+    def __init__(self, hard: Optional[np.ndarray], soft: Optional[np.ndarray], mean_denominator: float):
+        self.hard = hard
+        self.soft = soft
+        self.mean_denominator = mean_denominator
+
+
+def _prepare_targets(target: Any, logits: np.ndarray, weight: Optional[np.ndarray],
+                     ignore_index: int) -> _Targets:
+    try:
+        t = np.asarray(target)
+    except Exception as exc:
+        raise TypeError(f"target must be array-like: {exc}") from None
+    batch_shape, n_classes = logits.shape[:-1], logits.shape[-1]
+    if t.dtype.kind in "iu":
+        hard = v.hard_targets(t, batch_shape, n_classes, ignore_index)
+        valid = hard != ignore_index
+        if weight is None:
+            denominator = float(np.count_nonzero(valid))
+        else:
+            denominator = float(np.sum(weight[hard[valid]], dtype=np.float64))
+        return _Targets(hard, None, denominator)
+    if t.dtype.kind == "f":
+        soft = v.soft_targets(t, logits.shape, logits.dtype.newbyteorder("="))
+        return _Targets(None, soft, float(soft.shape[0]))
+    raise TypeError(
+        f"target must hold integer class indices or float probabilities, got dtype {t.dtype}"
+    )
+
+
+def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
+               label_smoothing: Any, num_threads: Any, want_grad: bool,
+               grad_output: Any = None, out: Any = None):
+    x = v.as_float_array(logits, "logits")
+    reduction = v.check_reduction(reduction)
+    smoothing = v.check_label_smoothing(label_smoothing)
+    ignore_index = v.check_ignore_index(ignore_index)
+    n_threads = _threads.resolve(num_threads)
+    dtype = x.dtype.newbyteorder("=")
+    n_classes = x.shape[-1]
+    if n_classes == 0:
+        raise ValueError("logits must have at least one class (its last axis has length 0)")
+    w = None if weight is None else v.class_weights(weight, n_classes, dtype)
+    targets = _prepare_targets(target, x, w, ignore_index)
+    batch_shape = x.shape[:-1]
+
+    scale, row_scale = 1.0, None
+    out_arr = grad_rows = None
+    grad_is_view = True
+    if want_grad:
+        scale, row_scale = v.grad_output_rows(grad_output, reduction, batch_shape)
+        if reduction == "mean":
+            # IEEE division as PyTorch: a zero total weight over positions
+            # that are not ignored gives NaN gradients there; ignored rows
+            # stay exactly 0 whatever the scale.
+            with np.errstate(divide="ignore", invalid="ignore"):
+                scale = float(np.float64(scale) / np.float64(targets.mean_denominator))
+        if out is not None:
+            out_arr = v.output_array(out, x.shape, dtype)
+            v.check_no_overlap(out_arr, {"logits": x, "target": target, "weight": weight,
+                                         "grad_output": grad_output}, in_place_ok=x)
+        else:
+            out_arr = np.empty(x.shape, dtype=dtype)
+        grad_rows, grad_is_view = _writable_rows(out_arr)
+
+    rows = v.rows_view(x)
+    row_loss = np.empty(rows.shape[0], dtype=np.float64)
+    _core.run(
+        _core.MODE_LOSS_GRAD if want_grad else _core.MODE_LOSS,
+        rows, grad_rows, targets.hard, ignore_index, targets.soft, w,
+        float(np.sum(w, dtype=np.float64)) if w is not None else float(n_classes),
+        smoothing, scale, row_scale, row_loss, n_threads,
+    )
+    if want_grad and not grad_is_view:
+        out_arr[...] = grad_rows.reshape(x.shape)
+    loss = _reduce(row_loss, reduction, targets.mean_denominator, batch_shape, dtype)
+    return (loss, out_arr) if want_grad else loss
+
+
+def _writable_rows(out: np.ndarray) -> Tuple[np.ndarray, bool]:
+    """(2-D rows for the kernels to write, whether they are a view of ``out``).
+    When they are not, the caller copies them back into ``out``."""
+    n_cols = out.shape[-1]
+    n_rows = int(np.prod(out.shape[:-1], dtype=np.int64))
+    try:
+        rows = out.view()
+        rows.shape = (n_rows, n_cols)  # raises instead of copying
+    except AttributeError:
+        return np.empty((n_rows, n_cols), dtype=out.dtype), False
+    if v.kernel_layout_ok(rows):
+        return rows, True
+    return np.empty((n_rows, n_cols), dtype=out.dtype), False
+
+
+def _reduce(row_loss: np.ndarray, reduction: str, denominator: float,
+            batch_shape: Tuple[int, ...], dtype: np.dtype):
+    if reduction == "none":
+        return row_loss.astype(dtype).reshape(batch_shape)
+    total = float(np.sum(row_loss))
+    if reduction == "sum":
+        return dtype.type(total)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return dtype.type(np.float64(total) / np.float64(denominator))
+
+
+def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
+                  reduction: str = "mean", label_smoothing: float = 0.0,
+                  num_threads: Optional[int] = None):
+    """Softmax cross-entropy between logits and targets.
+
+    Semantics follow ``torch.nn.functional.cross_entropy`` option by option,
+    with the class axis last (``(..., V)``, the language-model layout).
+
+    Parameters
+    ----------
+    logits : array_like of float32 or float64, shape (..., V)
+        Unnormalised scores. Any layout and byte order; copied only when the
+        last axis is not contiguous or the byte order is not native.
+    target : array_like
+        Either integer class indices of shape ``logits.shape[:-1]`` (any
+        integer dtype), or probabilities of shape ``logits.shape`` (float;
+        "soft targets").
+    weight : array_like of shape (V,), optional
+        Weight per class. With class indices the mean divides by the summed
+        weight of the positions not ignored; with soft targets by the number
+        of positions, as PyTorch does.
+    ignore_index : int, default -100
+        Class-index targets equal to this contribute 0 loss and 0 gradient
+        and are left out of the mean. Not used with soft targets.
+    reduction : {"mean", "sum", "none"}, default "mean"
+        ``"none"`` returns one loss per position, of shape ``logits.shape[:-1]``.
+    label_smoothing : float in [0, 1], default 0.0
+        Mixes the target with the uniform distribution:
+        ``(1 - eps) * target + eps / V``.
+    num_threads : int, optional
+        Threads to use. ``None`` means the value of :func:`set_num_threads`
+        if set, else what OpenMP would use (``OMP_NUM_THREADS``,
+        threadpoolctl). Results do not depend on it.
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        In the dtype of ``logits``; computed internally in float64 per row.
+        A mean over zero positions (all ignored, or an empty batch) is NaN;
+        a sum over none is 0.
+
+    Raises
+    ------
+    TypeError
+        Non-float, complex or non-numeric logits; targets neither integer
+        nor float.
+    ValueError
+        Shapes that do not match, 0-d logits, no classes, an unknown
+        reduction, ``label_smoothing`` outside [0, 1], ``num_threads < 1``.
+    IndexError
+        A class index outside ``[0, V)`` that is not ``ignore_index``; the
+        message gives its position and value.
+
+    Notes
+    -----
+    Stable for any finite logits and for ``-inf`` (masked) entries as long
+    as the target's logit is finite. With soft targets, classes whose
+    target weight is 0 contribute 0 even where the logit is ``-inf``.
+    Nothing of the size of ``logits`` is allocated.
+
+    Examples
+    --------
+    >>> import numpy as np, ce_kernels as ck
+    >>> logits = np.array([[2.0, 1.0, 0.1]], dtype=np.float32)
+    >>> round(float(ck.cross_entropy(logits, np.array([0]))), 6)
+    0.417030
+    """
+    return _loss_call(logits, target, weight, ignore_index, reduction, label_smoothing,
+                      num_threads, want_grad=False)
+
+
+def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
+                            ignore_index: int = -100, reduction: str = "mean",
+                            label_smoothing: float = 0.0, grad_output: Any = None,
+                            out: Optional[np.ndarray] = None,
+                            num_threads: Optional[int] = None):
+    """Cross-entropy and its gradient with respect to the logits, in one pass.
+
+    Takes the arguments of :func:`cross_entropy`, plus:
+
+    Parameters
+    ----------
+    grad_output : float or array_like, optional
+        The upstream gradient. For ``"mean"`` and ``"sum"`` a scalar; for
+        ``"none"`` an array broadcastable to ``logits.shape[:-1]``: the
+        gradient returned is that of ``sum(loss * grad_output)``. Defaults
+        to ones.
+    out : ndarray, optional
+        Where to write the gradient: same shape and dtype as the logits (in
+        native byte order). It may be ``logits`` itself, in which case the
+        gradient overwrites the logits and nothing of their size is
+        allocated. It must not otherwise overlap an input.
+
+    Returns
+    -------
+    loss : numpy scalar or ndarray
+        As :func:`cross_entropy`.
+    grad : ndarray
+        ``d loss / d logits``, same shape and dtype as ``logits``; ``out``
+        when given. Ignored positions have a gradient of exactly 0.
+
+    Examples
+    --------
+    >>> import numpy as np, ce_kernels as ck
+    >>> logits = np.array([[0.0, 0.0]])
+    >>> loss, grad = ck.cross_entropy_with_grad(logits, np.array([1]))
+    >>> grad
+    array([[ 0.5, -0.5]])
+    """
+    return _loss_call(logits, target, weight, ignore_index, reduction, label_smoothing,
+                      num_threads, want_grad=True, grad_output=grad_output, out=out)
+
+
+def _moved_rows(x: np.ndarray, axis: int) -> np.ndarray:
+    return v.rows_view(np.moveaxis(x, axis, -1))
+
+
+def _normalize_call(mode: int, x: Any, axis: Any, out: Any, name: str):
+    arr = v.as_float_array(x, "x")
+    ax = v.check_axis(axis, arr.ndim)
+    dtype = arr.dtype.newbyteorder("=")
+    if out is None:
+        result = np.empty(arr.shape, dtype=dtype)
+    else:
+        result = v.output_array(out, arr.shape, dtype)
+        v.check_no_overlap(result, {"x": arr}, in_place_ok=arr)
+    if arr.size == 0:
+        return result
+    moved = np.moveaxis(result, ax, -1)
+    rows_out, is_view = _writable_rows(moved)
+    _core.run(mode, _moved_rows(arr, ax), rows_out, None, 0, None, None, 0.0, 0.0, 1.0,
+              None, None, _threads.resolve(None))
+    if not is_view:
+        moved[...] = rows_out.reshape(moved.shape)
+    return result
+
+
+def log_softmax(x: Any, axis: int = -1, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Logarithm of the softmax along ``axis``, computed stably.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64
+    axis : int, default -1
+    out : ndarray, optional
+        Same shape and dtype as ``x``; may be ``x`` itself.
+
+    Returns
+    -------
+    ndarray
+        ``x - logsumexp(x, axis, keepdims=True)``, in the dtype of ``x``.
+    """
+    return _normalize_call(_core.MODE_LOG_SOFTMAX, x, axis, out, "log_softmax")
+
+
+def softmax(x: Any, axis: int = -1, out: Optional[np.ndarray] = None) -> np.ndarray:
+    """Softmax along ``axis``, computed stably with one exponential per element.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64
+    axis : int, default -1
+    out : ndarray, optional
+        Same shape and dtype as ``x``; may be ``x`` itself.
+
+    Returns
+    -------
+    ndarray
+        ``exp(x - logsumexp(x, axis, keepdims=True))``, in the dtype of ``x``.
+    """
+    return _normalize_call(_core.MODE_SOFTMAX, x, axis, out, "softmax")
+
+
+def logsumexp(x: Any, axis: int = -1):
+    """``log(sum(exp(x), axis))`` computed stably in one pass.
+
+    Parameters
+    ----------
+    x : array_like of float32 or float64
+    axis : int, default -1
+
+    Returns
+    -------
+    numpy scalar or ndarray
+        Shape of ``x`` without ``axis``, dtype of ``x``. An empty axis gives
+        ``-inf``.
+    """
+    arr = v.as_float_array(x, "x")
+    ax = v.check_axis(axis, arr.ndim)
+    dtype = arr.dtype.newbyteorder("=")
+    out_shape = arr.shape[:ax] + arr.shape[ax + 1:]
+    if arr.shape[ax] == 0:
+        result = np.full(out_shape, -np.inf, dtype=dtype)
+    else:
+        rows = _moved_rows(arr, ax)
+        lse = np.empty(rows.shape[0], dtype=np.float64)
+        _core.run(_core.MODE_LOGSUMEXP, rows, None, None, 0, None, None, 0.0, 0.0, 1.0,
+                  None, lse, _threads.resolve(None))
+        result = lse.astype(dtype).reshape(out_shape)
+    return result[()] if result.ndim == 0 else result

@@ -1,0 +1,178 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""Bridge between the Python API and the C kernels.
+
+Nothing here validates: the Python layer (``_api.py``) has already checked
+shapes, dtypes, ranges and layouts. This module only turns arrays into the
+C problem description and runs it with the GIL released.
+"""
+cimport numpy as cnp
+from libc.stdint cimport int64_t
+
+cnp.import_array()
+
+cdef extern from "ce_kernels.h":
+    ctypedef enum ce_dtype:
+        CE_FLOAT32
+        CE_FLOAT64
+    ctypedef enum ce_mode:
+        CE_MODE_LOSS
+        CE_MODE_LOSS_GRAD
+        CE_MODE_LOGSUMEXP
+        CE_MODE_SOFTMAX
+        CE_MODE_LOG_SOFTMAX
+    ctypedef enum ce_isa:
+        CE_ISA_BASELINE
+        CE_ISA_AVX2
+        CE_ISA_AVX512
+    ctypedef struct ce_problem:
+        ce_dtype dtype
+        ce_mode mode
+        int64_t n_rows
+        int64_t n_cols
+        const void *x
+        int64_t x_stride
+        void *out
+        int64_t out_stride
+        const int64_t *target
+        int64_t ignore_index
+        const void *soft
+        int64_t soft_stride
+        const void *weight
+        double weight_sum
+        double smoothing
+        double grad_scale
+        const double *row_scale
+        double *row_out
+    int CE_OK
+    int CE_ERR_NOMEM
+    int ce_run(const ce_problem *problem, int n_threads) nogil
+    int ce_default_threads()
+    int ce_openmp_enabled()
+    ce_isa ce_active_isa()
+    ce_isa ce_best_isa()
+    int ce_force_isa(ce_isa isa)
+    const char *ce_isa_name(ce_isa isa)
+    int64_t ce_chunk_size()
+    int64_t ce_parallel_threshold()
+    void ce_exp_f32_array(const float *x, float *y, int64_t n) nogil
+    void ce_exp_f64_array(const double *x, double *y, int64_t n) nogil
+    double ce_floor_read_f32(const float *x, int64_t n, int n_threads) nogil
+    void ce_floor_copy_f32(const float *x, float *y, int64_t n, int n_threads) nogil
+
+MODE_LOSS = CE_MODE_LOSS
+MODE_LOSS_GRAD = CE_MODE_LOSS_GRAD
+MODE_LOGSUMEXP = CE_MODE_LOGSUMEXP
+MODE_SOFTMAX = CE_MODE_SOFTMAX
+MODE_LOG_SOFTMAX = CE_MODE_LOG_SOFTMAX
+
+ISA_NAMES = {int(CE_ISA_BASELINE): ce_isa_name(CE_ISA_BASELINE).decode(),
+             int(CE_ISA_AVX2): ce_isa_name(CE_ISA_AVX2).decode(),
+             int(CE_ISA_AVX512): ce_isa_name(CE_ISA_AVX512).decode()}
+
+
+cdef inline const void *data_or_null(cnp.ndarray a):
+    return NULL if a is None else cnp.PyArray_DATA(a)
+
+
+cdef inline int64_t row_stride(cnp.ndarray a):
+    """Elements between rows of a 2-D array (0 for None)."""
+    if a is None:
+        return 0
+    return cnp.PyArray_STRIDE(a, 0) // cnp.PyArray_ITEMSIZE(a)
+
+
+def run(int mode, cnp.ndarray x, cnp.ndarray out, cnp.ndarray target,
+        int64_t ignore_index, cnp.ndarray soft, cnp.ndarray weight,
+        double weight_sum, double smoothing, double grad_scale,
+        cnp.ndarray row_scale, cnp.ndarray row_out, int n_threads):
+    """Run one kernel call.
+
+    ``x`` (and ``out``, ``soft``) are 2-D, native, aligned, with a
+    contiguous last axis; ``target`` is int64, ``row_scale`` and ``row_out``
+    float64, all contiguous; ``weight`` has the dtype of ``x``.
+    """
+    cdef ce_problem p
+    p.dtype = CE_FLOAT32 if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32 else CE_FLOAT64
+    p.mode = <ce_mode>mode
+    p.n_rows = cnp.PyArray_DIM(x, 0)
+    p.n_cols = cnp.PyArray_DIM(x, 1)
+    p.x = cnp.PyArray_DATA(x)
+    p.x_stride = row_stride(x)
+    p.out = <void *>data_or_null(out)
+    p.out_stride = row_stride(out)
+    p.target = <const int64_t *>data_or_null(target)
+    p.ignore_index = ignore_index
+    p.soft = data_or_null(soft)
+    p.soft_stride = row_stride(soft)
+    p.weight = data_or_null(weight)
+    p.weight_sum = weight_sum
+    p.smoothing = smoothing
+    p.grad_scale = grad_scale
+    p.row_scale = <const double *>data_or_null(row_scale)
+    p.row_out = <double *>data_or_null(row_out)
+    cdef int status
+    with nogil:
+        status = ce_run(&p, n_threads)
+    if status == CE_ERR_NOMEM:
+        raise MemoryError("ce_kernels: out of memory for per-thread scratch")
+    if status != CE_OK:
+        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+
+
+def default_threads():
+    """Threads OpenMP would use now (honours OMP_NUM_THREADS, threadpoolctl)."""
+    return ce_default_threads()
+
+
+def openmp_enabled():
+    return bool(ce_openmp_enabled())
+
+
+def active_isa():
+    return ISA_NAMES[int(ce_active_isa())]
+
+
+def best_isa():
+    return ISA_NAMES[int(ce_best_isa())]
+
+
+def force_isa(str name):
+    """Use the named instruction-set path; False if this CPU lacks it."""
+    for code, isa_name in ISA_NAMES.items():
+        if isa_name == name:
+            return ce_force_isa(<ce_isa>code) == CE_OK
+    return False
+
+
+def chunk_size():
+    return ce_chunk_size()
+
+
+def parallel_threshold():
+    return ce_parallel_threshold()
+
+
+def exp_array(cnp.ndarray x, cnp.ndarray y):
+    """y = exp(x) with the kernels' own exponential (contiguous, same dtype)."""
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            ce_exp_f32_array(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y), n)
+    else:
+        with nogil:
+            ce_exp_f64_array(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(y), n)
+
+
+def floor_read(cnp.ndarray x, int n_threads):
+    """Read a contiguous float32 array once (the read floor)."""
+    cdef double total
+    with nogil:
+        total = ce_floor_read_f32(<const float *>cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x), n_threads)
+    return total
+
+
+def floor_copy(cnp.ndarray x, cnp.ndarray y, int n_threads):
+    """Copy a contiguous float32 array into y (the copy floor)."""
+    with nogil:
+        ce_floor_copy_f32(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y),
+                          cnp.PyArray_SIZE(x), n_threads)

@@ -1,0 +1,210 @@
+"""Argument checking and conversion for the public API.
+
+Everything the C kernels assume is established here, before the GIL is
+released: dtypes, shapes, ranges, layouts and aliasing. Errors name the
+argument and, for targets, the first offending position and value.
+"""
+from __future__ import annotations
+
+import numbers
+from typing import Any, Optional, Tuple
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+REDUCTIONS = ("mean", "sum", "none")
+
+
+def as_float_array(value: Any, name: str) -> np.ndarray:
+    """``value`` as a float32/float64 ndarray with at least one dimension."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be array-like of floats: {exc}") from None
+    kind = arr.dtype.kind
+    if kind == "c":
+        raise TypeError(f"{name} must be real floating point, got complex dtype {arr.dtype}")
+    if kind in "biu":
+        raise TypeError(
+            f"{name} must be a floating-point array (float32 or float64), got {arr.dtype}; "
+            f"convert it with {name}.astype(np.float32)"
+        )
+    if kind != "f":
+        raise TypeError(f"{name} must be a numeric floating-point array, got dtype {arr.dtype}")
+    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+        raise TypeError(f"{name} has dtype {arr.dtype}; supported dtypes are float32 and float64")
+    if arr.ndim == 0:
+        raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
+    return arr
+
+
+def rows_view(arr: np.ndarray) -> np.ndarray:
+    """A 2-D (rows, last axis) array the kernels accept: native byte order,
+    aligned, last axis contiguous. A view of ``arr`` whenever possible."""
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    n_cols = arr.shape[-1]
+    n_rows = int(np.prod(arr.shape[:-1], dtype=np.int64))
+    rows = arr.reshape(n_rows, n_cols)
+    if not kernel_layout_ok(rows):
+        rows = np.ascontiguousarray(rows)
+    return rows
+
+
+def kernel_layout_ok(rows: np.ndarray) -> bool:
+    """True if a 2-D array can be handed to the kernels without copying."""
+    itemsize = rows.dtype.itemsize
+    return (
+        rows.dtype.isnative
+        and rows.flags.aligned
+        and (rows.shape[1] <= 1 or rows.strides[1] == itemsize)
+        and rows.strides[0] % itemsize == 0
+    )
+
+
+def check_reduction(reduction: Any) -> str:
+    if not isinstance(reduction, str) or reduction not in REDUCTIONS:
+        raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
+    return reduction
+
+
+def check_label_smoothing(label_smoothing: Any) -> float:
+    if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
+        raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
+    value = float(label_smoothing)
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    return value
+
+
+def check_ignore_index(ignore_index: Any) -> int:
+    if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
+        raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
+    value = int(ignore_index)
+    if not -(2**63) <= value < 2**63:
+        raise ValueError(f"ignore_index must fit in 64 bits, got {value}")
+    return value
+
+
+def check_num_threads(num_threads: Any) -> int:
+    """0 for "OpenMP's default", else the validated positive count."""
+    if num_threads is None:
+        return 0
+    if isinstance(num_threads, bool) or not isinstance(num_threads, numbers.Integral):
+        raise TypeError(f"num_threads must be a positive integer or None, got {num_threads!r}")
+    if num_threads < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    return min(int(num_threads), 2**31 - 1)
+
+
+def check_axis(axis: Any, ndim: int) -> int:
+    if isinstance(axis, bool) or not isinstance(axis, numbers.Integral):
+        raise TypeError(f"axis must be an integer, got {axis!r}")
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for an array of dimension {ndim}")
+    return int(axis) % ndim
+
+
+def hard_targets(target: np.ndarray, batch_shape: Tuple[int, ...], n_classes: int,
+                 ignore_index: int) -> np.ndarray:
+    """Integer class targets as a flat int64 array, range-checked."""
+    if target.shape != batch_shape:
+        raise ValueError(
+            f"target has shape {target.shape}, expected {batch_shape} (logits.shape[:-1]) "
+            f"for class indices"
+        )
+    bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
+    if bad.any():
+        flat = int(np.argmax(bad.reshape(-1)))
+        position = np.unravel_index(flat, batch_shape) if batch_shape else ()
+        value = target.reshape(-1)[flat]
+        raise IndexError(
+            f"target{list(position)} = {value} is out of range: class indices must be in "
+            f"[0, {n_classes}) or equal ignore_index ({ignore_index})"
+        )
+    return np.ascontiguousarray(target.reshape(-1), dtype=np.int64)
+
+
+def soft_targets(target: np.ndarray, logits_shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """Probability targets as 2-D rows in the logits' dtype."""
+    if target.shape != logits_shape:
+        raise ValueError(
+            f"soft (probability) targets must have the shape of logits {logits_shape}, "
+            f"got {target.shape}; for class indices pass an integer array of shape "
+            f"{logits_shape[:-1]}"
+        )
+    if target.dtype != dtype:
+        target = target.astype(dtype)
+    return rows_view(target)
+
+
+def class_weights(weight: Any, n_classes: int, dtype: np.dtype) -> np.ndarray:
+    try:
+        w = np.asarray(weight)
+    except Exception as exc:
+        raise TypeError(f"weight must be array-like of floats: {exc}") from None
+    if w.dtype.kind not in "fiu" or w.dtype.kind == "b":
+        raise TypeError(f"weight must be a real numeric array, got dtype {w.dtype}")
+    if w.shape != (n_classes,):
+        raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
+    return np.ascontiguousarray(w, dtype=dtype)
+
+
+def output_array(out: Any, shape: Tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy.ndarray, got {type(out).__name__}")
+    if out.shape != shape:
+        raise ValueError(f"{name} has shape {out.shape}, expected {shape}")
+    if out.dtype != dtype:
+        raise ValueError(f"{name} has dtype {out.dtype}, expected {dtype}")
+    if not out.flags.writeable:
+        raise ValueError(f"{name} is read-only")
+    return out
+
+
+def is_same_array_memory(a: np.ndarray, b: np.ndarray) -> bool:
+    """True if a and b address exactly the same elements in the same order."""
+    return (
+        a.shape == b.shape
+        and a.strides == b.strides
+        and a.dtype == b.dtype
+        and a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+    )
+
+
+def check_no_overlap(out: np.ndarray, others: dict, in_place_ok: Optional[np.ndarray]) -> None:
+    """``out`` may be ``in_place_ok`` itself but must not overlap anything else."""
+    for other_name, other in others.items():
+        if other is None or not isinstance(other, np.ndarray):
+            continue
+        if not np.may_share_memory(out, other):
+            continue
+        if other is in_place_ok and is_same_array_memory(out, other):
+            continue
+        raise ValueError(
+            f"out overlaps {other_name}; out may be the logits array itself (in place) "
+            f"but must not partly overlap any input"
+        )
+
+
+def grad_output_rows(grad_output: Any, reduction: str, batch_shape: Tuple[int, ...]):
+    """(scalar multiplier, per-row float64 multipliers or None)."""
+    if grad_output is None:
+        return 1.0, None
+    try:
+        g = np.asarray(grad_output, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"grad_output must be numeric: {exc}") from None
+    if reduction != "none":
+        if g.size != 1:
+            raise ValueError(
+                f"grad_output must be a scalar for reduction={reduction!r}, got shape {g.shape}"
+            )
+        return float(g.reshape(())), None
+    try:
+        g = np.broadcast_to(g, batch_shape)
+    except ValueError:
+        raise ValueError(
+            f"grad_output of shape {g.shape} does not broadcast to the loss shape {batch_shape}"
+        ) from None
+    return 1.0, np.ascontiguousarray(g.reshape(-1))

@@ -1,0 +1,106 @@
+"""Build description of the compiled extension (metadata lives in pyproject.toml).
+
+OpenMP is probed by compiling and linking a small program with the compiler
+the build will use. Without it the extension is built single-threaded and
+the build says so. Set CE_KERNELS_NO_OPENMP=1 to build without OpenMP on
+purpose, and CE_KERNELS_DEBUG=1 for Cython bounds checks and -O0 -g.
+"""
+import os
+import shutil
+import sys
+import tempfile
+import textwrap
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+DEBUG = os.environ.get("CE_KERNELS_DEBUG", "") not in ("", "0")
+NO_OPENMP = os.environ.get("CE_KERNELS_NO_OPENMP", "") not in ("", "0")
+
+# Portable optimisation only: no -march=native (the wheel must run on any
+# x86-64; the instruction set is chosen at run time) and no -ffast-math
+# (NaN and inf keep their meaning). Errno and FP traps are not used.
+OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
+COMMON_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
+
+OPENMP_PROBE = textwrap.dedent(
+    """
+    #include <omp.h>
+    int main(void) {
+        int n = 0;
+        #pragma omp parallel reduction(+:n)
+        n += 1;
+        return n > 0 ? 0 : 1;
+    }
+    """
+)
+
+# (compile flags, link flags) to try, most common first.
+OPENMP_CANDIDATES = [
+    (["-fopenmp"], ["-fopenmp"]),                 # GCC, clang with libgomp/libomp
+    (["-Xpreprocessor", "-fopenmp"], ["-lomp"]),  # Apple clang with Homebrew libomp
+]
+
+
+def probe_openmp(compiler):
+    """Return (compile, link) flags that build an OpenMP program, or None."""
+    tmp = tempfile.mkdtemp(prefix="ce_kernels_omp_")
+    try:
+        src = os.path.join(tmp, "probe.c")
+        with open(src, "w") as f:
+            f.write(OPENMP_PROBE)
+        for cflags, lflags in OPENMP_CANDIDATES:
+            try:
+                objs = compiler.compile([src], output_dir=tmp, extra_postargs=cflags)
+                compiler.link_executable(objs, "probe", output_dir=tmp, extra_postargs=lflags)
+                return cflags, lflags
+            except Exception:  # any failure means "not this way"
+                continue
+        return None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class BuildExt(build_ext):
+    """build_ext that adds OpenMP flags when the compiler supports them."""
+
+    def build_extensions(self):
+        found = None if NO_OPENMP else probe_openmp(self.compiler)
+        if found is None:
+            reason = "disabled by CE_KERNELS_NO_OPENMP" if NO_OPENMP else "not available"
+            sys.stderr.write(
+                f"WARNING: ce_kernels: OpenMP {reason}; building a single-threaded "
+                "extension (ce_kernels.openmp_enabled() will return False).\n"
+            )
+        for ext in self.extensions:
+            ext.extra_compile_args = OPT_FLAGS + COMMON_FLAGS + (found[0] if found else [])
+            ext.extra_link_args = list(found[1]) if found else []
+        super().build_extensions()
+
+
+extension = Extension(
+    "ce_kernels._core",
+    sources=[
+        "ce_kernels/_core.pyx",
+        "src/ce_kernels.c",
+        "src/ce_leaves.c",
+        "src/ce_floor.c",
+    ],
+    include_dirs=["src", np.get_include()],
+    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+)
+
+setup(
+    ext_modules=cythonize(
+        [extension],
+        compiler_directives={
+            "language_level": 3,
+            "boundscheck": DEBUG,
+            "wraparound": False,
+            "cdivision": True,
+        },
+    ),
+    cmdclass={"build_ext": BuildExt},
+)

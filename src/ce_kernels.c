@@ -1,0 +1,433 @@
+/*
+ * The row driver: splits a problem into rows and chunks, hands chunks to
+ * the chunk kernels of the active instruction set, merges chunk results in
+ * a fixed order, and spreads the work over OpenMP threads.
+ *
+ * Each row is two sweeps over its chunks:
+ *   1. per chunk: max, sum of exp(x - max) (stored to the output when a
+ *      gradient or softmax is wanted) and the linear sums of ce_lin;
+ *   2. per chunk: the stored exponentials rescaled by one factor per chunk
+ *      into the gradient or softmax (or x - logsumexp for log-softmax).
+ * So exp is evaluated once per element, and the second sweep reads what
+ * the first one left in cache.
+ */
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ce_internal.h"
+
+/* ---- instruction-set dispatch ----------------------------------------- */
+
+static const ce_leaf *leaf_for(ce_isa isa, ce_dtype dtype)
+{
+#if defined(CE_HAVE_X86_DISPATCH)
+    if (isa == CE_ISA_AVX512)
+        return dtype == CE_FLOAT32 ? &ce_leaf_f32_avx512 : &ce_leaf_f64_avx512;
+    if (isa == CE_ISA_AVX2)
+        return dtype == CE_FLOAT32 ? &ce_leaf_f32_avx2 : &ce_leaf_f64_avx2;
+#else
+    (void)isa;
+#endif
+    return dtype == CE_FLOAT32 ? &ce_leaf_f32_baseline : &ce_leaf_f64_baseline;
+}
+
+ce_isa ce_best_isa(void)
+{
+#if defined(CE_HAVE_X86_DISPATCH)
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+        __builtin_cpu_supports("fma"))
+        return CE_ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+        return CE_ISA_AVX2;
+#endif
+    return CE_ISA_BASELINE;
+}
+
+/* -1 until first use; then the path every call takes. */
+static int active_isa = -1;
+
+ce_isa ce_active_isa(void)
+{
+    if (active_isa < 0) active_isa = (int)ce_best_isa();
+    return (ce_isa)active_isa;
+}
+
+int ce_force_isa(ce_isa isa)
+{
+    if ((int)isa < 0 || (int)isa > (int)ce_best_isa()) return CE_ERR_ARGS;
+    active_isa = (int)isa;
+    return CE_OK;
+}
+
+const char *ce_isa_name(ce_isa isa)
+{
+    switch (isa) {
+    case CE_ISA_AVX512: return "avx512";
+    case CE_ISA_AVX2: return "avx2";
+    default: break;
+    }
+#if defined(__x86_64__)
+    return "sse2";
+#else
+    return "baseline";
+#endif
+}
+
+/* ---- threads ------------------------------------------------------------ */
+
+int ce_openmp_enabled(void)
+{
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
+}
+
+int ce_default_threads(void)
+{
+#ifdef _OPENMP
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+int64_t ce_chunk_size(void) { return CE_CHUNK; }
+int64_t ce_parallel_threshold(void) { return CE_PARALLEL_THRESHOLD; }
+
+/* ---- one call's fixed facts -------------------------------------------- */
+
+typedef struct {
+    const ce_problem *p;
+    const ce_leaf *leaf;
+    size_t esize;            /* bytes per element                          */
+    int64_t n_chunks;        /* chunks per row                             */
+    int store_exp;           /* sweep 1 stores exp(x - max) to the output  */
+    int second_sweep;        /* the output is written                      */
+    ce_lin lin;              /* linear-term template (w, y set per chunk)  */
+} ce_plan;
+
+/* Everything sweep 2 needs about a row once sweep 1 is merged. */
+typedef struct {
+    int ignored;
+    double max;              /* row maximum                                */
+    double log_sum;          /* log(sum_j exp(x_j - max))                  */
+    double g;                /* gradient/softmax factor before exp(shift - max) */
+    double c;                /* coefficient of a_j in the gradient         */
+    double target_delta;     /* added to out[target] after rescaling      */
+} ce_row;
+
+static double load_as_double(const void *base, int64_t idx, ce_dtype dtype)
+{
+    return dtype == CE_FLOAT32 ? (double)((const float *)base)[idx]
+                               : ((const double *)base)[idx];
+}
+
+static void add_to_element(void *base, int64_t idx, double delta, ce_dtype dtype)
+{
+    if (dtype == CE_FLOAT32) {
+        float *p = (float *)base + idx;
+        *p = (float)((double)*p + delta);
+    } else {
+        double *p = (double *)base + idx;
+        *p += delta;
+    }
+}
+
+/* Start of a row; strides may be zero or negative. */
+static const char *row_of(const void *base, int64_t row, int64_t stride, size_t esize)
+{
+    return (const char *)base + row * stride * (int64_t)esize;
+}
+
+static int row_ignored(const ce_plan *pl, int64_t r)
+{
+    return pl->p->target != NULL && pl->p->target[r] == pl->p->ignore_index;
+}
+
+static double row_weight(const ce_plan *pl, int64_t r)
+{
+    const ce_problem *p = pl->p;
+    return p->weight ? load_as_double(p->weight, p->target[r], p->dtype) : 1.0;
+}
+
+static double row_scale(const ce_plan *pl, int64_t r)
+{
+    const ce_problem *p = pl->p;
+    return p->grad_scale * (p->row_scale ? p->row_scale[r] : 1.0);
+}
+
+static void plan_init(ce_plan *pl, const ce_problem *p)
+{
+    memset(pl, 0, sizeof *pl);
+    pl->p = p;
+    pl->leaf = leaf_for(ce_active_isa(), p->dtype);
+    pl->esize = p->dtype == CE_FLOAT32 ? sizeof(float) : sizeof(double);
+    pl->n_chunks = (p->n_cols + CE_CHUNK - 1) / CE_CHUNK;
+    pl->store_exp = p->out != NULL &&
+                    (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX);
+    pl->second_sweep = p->out != NULL &&
+                       (pl->store_exp || p->mode == CE_MODE_LOG_SOFTMAX);
+    if (p->mode == CE_MODE_LOSS || p->mode == CE_MODE_LOSS_GRAD) {
+        if (p->soft) {
+            pl->lin.active = 1;
+            pl->lin.y_mul = 1.0 - p->smoothing;
+            pl->lin.y_add = p->smoothing / (double)p->n_cols;
+        } else {
+            pl->lin.active = p->smoothing > 0.0;
+        }
+    }
+}
+
+/* ce_lin for chunk c of row r. */
+static ce_lin chunk_lin(const ce_plan *pl, int64_t r, int64_t c)
+{
+    const ce_problem *p = pl->p;
+    ce_lin lin = pl->lin;
+    const int64_t j0 = c * CE_CHUNK;
+    if (lin.active) {
+        if (p->weight) lin.w = (const char *)p->weight + (size_t)j0 * pl->esize;
+        if (p->soft) lin.y = row_of(p->soft, r, p->soft_stride, pl->esize) + (size_t)j0 * pl->esize;
+    }
+    return lin;
+}
+
+static int64_t chunk_len(const ce_plan *pl, int64_t c)
+{
+    const int64_t left = pl->p->n_cols - c * CE_CHUNK;
+    return left < CE_CHUNK ? left : CE_CHUNK;
+}
+
+/* ---- sweep 1 ------------------------------------------------------------ */
+
+/* Stats of chunk c of row r. Reads the target's logit first if the chunk
+ * holds it, because storing exponentials may overwrite it (in place). */
+static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c,
+                         ce_chunk_stats *st, double *target_logit)
+{
+    const ce_problem *p = pl->p;
+    const int64_t j0 = c * CE_CHUNK, n = chunk_len(pl, c);
+    const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+    if (p->target) {
+        const int64_t t = p->target[r];
+        if (t >= j0 && t < j0 + n) *target_logit = load_as_double(x, t, p->dtype);
+    }
+    void *e = NULL;
+    if (pl->store_exp)
+        e = (char *)row_of(p->out, r, p->out_stride, pl->esize) + (size_t)j0 * pl->esize;
+    const ce_lin lin = chunk_lin(pl, r, c);
+    pl->leaf->stats(x + (size_t)j0 * pl->esize, n, e, &lin, st);
+}
+
+/* ---- merge -------------------------------------------------------------- */
+
+/* Merges the chunk stats of row r in chunk order, prepares sweep 2 and,
+ * when result is not NULL, stores the row's loss or log-sum-exp there. */
+static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
+                          double target_logit, ce_row *row, double *result)
+{
+    const ce_problem *p = pl->p;
+    const int64_t nc = pl->n_chunks;
+    const double neg_inf = -INFINITY;
+
+    double m = neg_inf;
+    for (int64_t c = 0; c < nc; ++c) m = st[c].max > m ? st[c].max : m;
+    double sum = 0.0, lin = 0.0, asum = 0.0;
+    for (int64_t c = 0; c < nc; ++c) {
+        const double rel = st[c].max == neg_inf ? 0.0 : exp(st[c].shift - m);
+        sum += st[c].sumexp * rel;
+        lin += st[c].lin + (st[c].asum != 0.0 ? st[c].asum * (m - st[c].shift) : 0.0);
+        asum += st[c].asum;
+    }
+    const double log_sum = log(sum);
+    row->ignored = 0;
+    row->max = m;
+    row->log_sum = log_sum;
+    row->g = 0.0;
+    row->c = 0.0;
+    row->target_delta = 0.0;
+
+    switch (p->mode) {
+    case CE_MODE_LOGSUMEXP:
+        if (result) *result = m + log_sum;
+        return;
+    case CE_MODE_SOFTMAX:
+        row->g = 1.0 / sum;
+        return;
+    case CE_MODE_LOG_SOFTMAX:
+        return;
+    default:
+        break;
+    }
+
+    /* Losses, written as sums of non-negative parts measured from the row
+     * maximum so that nothing cancels: lse - x_j = (m - x_j) + log_sum. */
+    const double eps = p->smoothing, V = (double)p->n_cols;
+    const double scale = row_scale(pl, r);
+    double loss, a_total;
+    if (p->soft) {
+        loss = lin + asum * log_sum;
+        a_total = asum;
+        row->c = scale;
+    } else {
+        const double wt = row_weight(pl, r);
+        loss = (1.0 - eps) * wt * ((m - target_logit) + log_sum);
+        if (eps > 0.0) loss += eps / V * (lin + p->weight_sum * log_sum);
+        a_total = (1.0 - eps) * wt + eps / V * p->weight_sum;
+        row->c = scale * eps / V;
+        row->target_delta = -scale * (1.0 - eps) * wt;
+    }
+    if (result) *result = loss;
+    row->g = scale * a_total / sum;
+}
+
+/* ---- sweep 2 ------------------------------------------------------------ */
+
+static void zero_chunk(const ce_plan *pl, int64_t r, int64_t c)
+{
+    const ce_problem *p = pl->p;
+    char *out = (char *)row_of(p->out, r, p->out_stride, pl->esize);
+    memset(out + (size_t)(c * CE_CHUNK) * pl->esize, 0, (size_t)chunk_len(pl, c) * pl->esize);
+}
+
+static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
+                         const ce_chunk_stats *st, const ce_row *row)
+{
+    const ce_problem *p = pl->p;
+    const int64_t j0 = c * CE_CHUNK, n = chunk_len(pl, c);
+    char *out = (char *)row_of(p->out, r, p->out_stride, pl->esize);
+    if (p->mode == CE_MODE_LOG_SOFTMAX) {
+        const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+        pl->leaf->shift(x + (size_t)j0 * pl->esize, n, out + (size_t)j0 * pl->esize,
+                        row->max, row->log_sum);
+        return;
+    }
+    const double f = st[c].max == -INFINITY ? 0.0 : row->g * exp(st[c].shift - row->max);
+    const ce_lin lin = chunk_lin(pl, r, c);
+    pl->leaf->rescale(out + (size_t)j0 * pl->esize, n, f, row->c, &lin);
+    if (p->target && row->target_delta != 0.0) {
+        const int64_t t = p->target[r];
+        if (t >= j0 && t < j0 + n) add_to_element(out, t, row->target_delta, p->dtype);
+    }
+}
+
+/* ---- drivers ------------------------------------------------------------- */
+
+/* Row r from start to end on the calling thread. */
+static void run_row(const ce_plan *pl, int64_t r, ce_chunk_stats *st)
+{
+    const ce_problem *p = pl->p;
+    if (row_ignored(pl, r)) {
+        if (p->row_out) p->row_out[r] = 0.0;
+        if (pl->second_sweep)
+            for (int64_t c = 0; c < pl->n_chunks; ++c) zero_chunk(pl, r, c);
+        return;
+    }
+    double target_logit = 0.0;
+    ce_row row;
+    for (int64_t c = 0; c < pl->n_chunks; ++c) sweep1_chunk(pl, r, c, &st[c], &target_logit);
+    summarize_row(pl, r, st, target_logit, &row, p->row_out ? &p->row_out[r] : NULL);
+    if (pl->second_sweep)
+        for (int64_t c = 0; c < pl->n_chunks; ++c) sweep2_chunk(pl, r, c, st, &row);
+}
+
+/* Whole rows per thread: the common case of many rows. */
+static void run_by_rows(const ce_plan *pl, ce_chunk_stats *scratch, int n_threads)
+{
+    const int64_t n_rows = pl->p->n_rows;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(n_threads)
+    {
+        ce_chunk_stats *st = scratch + (size_t)omp_get_thread_num() * (size_t)pl->n_chunks;
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; ++r) run_row(pl, r, st);
+    }
+#else
+    (void)n_threads;
+    for (int64_t r = 0; r < n_rows; ++r) run_row(pl, r, scratch);
+#endif
+}
+
+#ifdef _OPENMP
+/* Every row split across all threads by chunks: for fewer rows than
+ * threads can keep busy. The chunk stats are merged by every thread in
+ * the same order, so all agree without another barrier. */
+static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads)
+{
+    const ce_problem *p = pl->p;
+    const int64_t nc = pl->n_chunks;
+    double target_logit = 0.0;
+    #pragma omp parallel num_threads(n_threads)
+    {
+        const int master = omp_get_thread_num() == 0;
+        for (int64_t r = 0; r < p->n_rows; ++r) {
+            if (row_ignored(pl, r)) {
+                if (master && p->row_out) p->row_out[r] = 0.0;
+                if (pl->second_sweep) {
+                    #pragma omp for schedule(static)
+                    for (int64_t c = 0; c < nc; ++c) zero_chunk(pl, r, c);
+                }
+                continue;
+            }
+            #pragma omp for schedule(static)
+            for (int64_t c = 0; c < nc; ++c) sweep1_chunk(pl, r, c, &st[c], &target_logit);
+            ce_row row;
+            summarize_row(pl, r, st, target_logit, &row,
+                          master && p->row_out ? &p->row_out[r] : NULL);
+            if (pl->second_sweep) {
+                #pragma omp for schedule(static)
+                for (int64_t c = 0; c < nc; ++c) sweep2_chunk(pl, r, c, st, &row);
+            } else {
+                #pragma omp barrier
+            }
+        }
+    }
+}
+#endif
+
+int ce_run(const ce_problem *p, int n_threads)
+{
+    if (p->n_rows < 0 || p->n_cols < 1 || p->x == NULL) return CE_ERR_ARGS;
+    if (p->n_rows == 0) return CE_OK;
+    ce_plan pl;
+    plan_init(&pl, p);
+
+    int nt = n_threads > 0 ? n_threads : ce_default_threads();
+    if (p->n_rows * p->n_cols < CE_PARALLEL_THRESHOLD) nt = 1;
+    if ((int64_t)nt > p->n_rows * pl.n_chunks) nt = (int)(p->n_rows * pl.n_chunks);
+    if (!ce_openmp_enabled()) nt = 1;
+
+    /* Few rows: split each row's vocabulary so every thread has work. */
+    const int by_chunks = nt > 1 && p->n_rows < 4 * (int64_t)nt && pl.n_chunks >= nt;
+    const size_t n_stats = (size_t)pl.n_chunks * (size_t)(by_chunks ? 1 : nt);
+    ce_chunk_stats *scratch = (ce_chunk_stats *)malloc(n_stats * sizeof *scratch);
+    if (scratch == NULL) return CE_ERR_NOMEM;
+#ifdef _OPENMP
+    if (by_chunks)
+        run_by_chunks(&pl, scratch, nt);
+    else
+#endif
+        run_by_rows(&pl, scratch, nt);
+    free(scratch);
+    return CE_OK;
+}
+
+/* ---- the exponential, exposed for accuracy tests ---------------------- */
+
+void ce_exp_f32_array(const float *x, float *y, int64_t n)
+{
+    leaf_for(ce_active_isa(), CE_FLOAT32)->exp_array(x, y, n);
+}
+
+void ce_exp_f64_array(const double *x, double *y, int64_t n)
+{
+    leaf_for(ce_active_isa(), CE_FLOAT64)->exp_array(x, y, n);
+}

@@ -1,0 +1,123 @@
+/*
+ * ce_kernels: fused, numerically stable softmax cross-entropy in plain C.
+ *
+ * This header is the whole C interface. It knows nothing of Python: the
+ * caller describes a batch of rows (a "problem") and the kernels compute
+ * per-row losses (or log-sum-exp values) and, optionally, a second output
+ * of the same shape as the input (gradient, softmax or log-softmax).
+ *
+ * The caller is trusted: shapes, target ranges and option values are
+ * validated before these functions are called.
+ */
+#ifndef CE_KERNELS_H
+#define CE_KERNELS_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Element types of the logits (and of soft targets and of the output). */
+typedef enum {
+    CE_FLOAT32 = 0,
+    CE_FLOAT64 = 1
+} ce_dtype;
+
+/* What one call computes. */
+typedef enum {
+    CE_MODE_LOSS = 0,        /* row_out = per-row loss                         */
+    CE_MODE_LOSS_GRAD = 1,   /* row_out = per-row loss, out = d loss / d logits */
+    CE_MODE_LOGSUMEXP = 2,   /* row_out = log(sum(exp(x)))                      */
+    CE_MODE_SOFTMAX = 3,     /* out = exp(x - logsumexp(x))                     */
+    CE_MODE_LOG_SOFTMAX = 4  /* out = x - logsumexp(x)                          */
+} ce_mode;
+
+/* Instruction-set paths the kernels are compiled for. */
+typedef enum {
+    CE_ISA_BASELINE = 0,  /* the compiler's default target (SSE2 on x86-64) */
+    CE_ISA_AVX2 = 1,      /* AVX2 + FMA                                     */
+    CE_ISA_AVX512 = 2     /* AVX-512 F/VL/BW/DQ + FMA                       */
+} ce_isa;
+
+/*
+ * A batch of rows. Every row has n_cols elements that are contiguous in
+ * memory; rows are separated by a stride given in elements (any value,
+ * including one that reuses memory). All counts are 64-bit.
+ *
+ * Loss definitions follow torch.nn.functional.cross_entropy:
+ *   hard targets: loss = (1-eps) * w[t] * (lse - x[t])
+ *                        + eps/V * sum_j w[j] * (lse - x[j])
+ *   soft targets: loss = sum_j w[j] * q[j] * (lse - x[j]),
+ *                 q = (1-eps) * y + eps/V, terms with w[j]*q[j] == 0 skipped
+ * where w is all ones when weight is NULL and eps is the label smoothing.
+ */
+typedef struct {
+    ce_dtype dtype;
+    ce_mode mode;
+    int64_t n_rows;
+    int64_t n_cols;
+
+    const void *x;          /* logits                                        */
+    int64_t x_stride;       /* elements between rows of x                    */
+    void *out;              /* second output (may equal x), or NULL          */
+    int64_t out_stride;
+
+    const int64_t *target;  /* class index per row, or NULL                  */
+    int64_t ignore_index;   /* rows whose target equals this contribute 0    */
+    const void *soft;       /* soft targets, dtype as x, or NULL             */
+    int64_t soft_stride;
+    const void *weight;     /* class weights (n_cols, dtype as x), or NULL   */
+    double weight_sum;      /* sum of weight (n_cols when weight is NULL)    */
+    double smoothing;       /* label smoothing eps in [0, 1]                 */
+
+    double grad_scale;          /* gradient multiplier for every row         */
+    const double *row_scale;    /* extra per-row multiplier, or NULL         */
+
+    double *row_out;        /* n_rows results: loss or log-sum-exp           */
+} ce_problem;
+
+/* Status codes. */
+#define CE_OK 0
+#define CE_ERR_NOMEM 1
+#define CE_ERR_ARGS 2
+
+/* Runs a problem on up to n_threads threads (<= 0 means OpenMP's default).
+ * Results do not depend on the number of threads. */
+int ce_run(const ce_problem *problem, int n_threads);
+
+/* The number of threads OpenMP would use by default (1 without OpenMP). */
+int ce_default_threads(void);
+
+/* 1 if compiled with OpenMP, else 0. */
+int ce_openmp_enabled(void);
+
+/* The instruction-set path in use, the best one this CPU supports, and a
+ * way to force a path (for testing); forcing one the CPU lacks fails. */
+ce_isa ce_active_isa(void);
+ce_isa ce_best_isa(void);
+int ce_force_isa(ce_isa isa);
+const char *ce_isa_name(ce_isa isa);
+
+/* Vocabulary elements per chunk: the fixed unit of work and of reduction
+ * order inside a row. */
+int64_t ce_chunk_size(void);
+
+/* Rows x cols below this many elements run on one thread. */
+int64_t ce_parallel_threshold(void);
+
+/* Reference exponentials of the active path, one value at a time; used to
+ * measure their error over every float in a range. */
+void ce_exp_f32_array(const float *x, float *y, int64_t n);
+void ce_exp_f64_array(const double *x, double *y, int64_t n);
+
+/* Memory floors for benchmarks: read n elements once (a sum), and copy n
+ * elements, on n_threads threads. */
+double ce_floor_read_f32(const float *x, int64_t n, int n_threads);
+void ce_floor_copy_f32(const float *x, float *y, int64_t n, int n_threads);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* CE_KERNELS_H */

@@ -1,0 +1,31 @@
+/*
+ * The chunk kernels for every element type, compiled for each instruction
+ * set the build can target. Which one runs is decided at run time
+ * (ce_kernels.c), so one binary runs on any x86-64 and uses AVX-512 where
+ * the CPU has it.
+ */
+#include "ce_internal.h"
+#include "ce_math.h"
+
+#define CE_ISA baseline
+#define CE_TARGET
+#include "ce_leaf_types.h"
+#undef CE_ISA
+#undef CE_TARGET
+
+#if defined(CE_HAVE_X86_DISPATCH)
+
+#define CE_ISA avx2
+#define CE_TARGET __attribute__((target("avx2,fma")))
+#include "ce_leaf_types.h"
+#undef CE_ISA
+#undef CE_TARGET
+
+#define CE_ISA avx512
+#define CE_TARGET \
+    __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#include "ce_leaf_types.h"
+#undef CE_ISA
+#undef CE_TARGET
+
+#endif
