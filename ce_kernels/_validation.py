@@ -116,10 +116,10 @@ def hard_targets(target: np.ndarray, batch_shape: Tuple[int, ...], n_classes: in
     bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
     if bad.any():
         flat = int(np.argmax(bad.reshape(-1)))
-        position = np.unravel_index(flat, batch_shape) if batch_shape else ()
-        value = target.reshape(-1)[flat]
+        position = [int(i) for i in np.unravel_index(flat, batch_shape)] if batch_shape else []
+        value = int(target.reshape(-1)[flat])
         raise IndexError(
-            f"target{list(position)} = {value} is out of range: class indices must be in "
+            f"target{position} = {value} is out of range: class indices must be in "
             f"[0, {n_classes}) or equal ignore_index ({ignore_index})"
         )
     return np.ascontiguousarray(target.reshape(-1), dtype=np.int64)

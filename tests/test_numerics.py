@@ -1,0 +1,116 @@
+"""Numerical stability at the edges: huge offsets and magnitudes, masked
+(-inf) classes, NaN, 64-bit sizes, and the accuracy of the exponential."""
+import numpy as np
+import pytest
+
+import ce_kernels as ck
+import reference as ref
+from ce_kernels import _core
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("offset", [1e4, -1e4])
+def test_large_offsets(rng, dtype, offset):
+    base = rng.standard_normal((6, 3000))
+    logits = (base + offset).astype(dtype)
+    target = rng.integers(0, 3000, 6)
+    x64 = logits.astype(np.float64)
+    loss, grad = ck.cross_entropy_with_grad(logits, target, reduction="none", label_smoothing=0.1)
+    np.testing.assert_allclose(loss, ref.cross_entropy(x64, target, reduction="none", label_smoothing=0.1),
+                               rtol=2e-6 if dtype == np.float32 else 1e-12)
+    np.testing.assert_allclose(grad, ref.cross_entropy_grad(x64, target, reduction="none", label_smoothing=0.1),
+                               rtol=2e-5, atol=1e-7 if dtype == np.float32 else 1e-14)
+
+
+def test_huge_magnitudes_float64(rng):
+    logits = rng.standard_normal((4, 100)) * 1e30
+    target = rng.integers(0, 100, 4)
+    loss, grad = ck.cross_entropy_with_grad(logits, target, reduction="none")
+    expected = ref.cross_entropy(logits, target, reduction="none")
+    np.testing.assert_allclose(loss, expected, rtol=1e-14)
+    assert np.all(np.isfinite(grad))
+    np.testing.assert_allclose(grad, ref.cross_entropy_grad(logits, target, reduction="none"), atol=1e-15)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_masked_vocabulary(rng, dtype):
+    logits = rng.standard_normal((5, 5000)).astype(dtype)
+    mask = rng.random((5, 5000)) < 0.7
+    target = rng.integers(0, 5000, 5)
+    mask[np.arange(5), target] = False
+    mask[2, :2048] = True  # a whole chunk masked
+    mask[2, target[2]] = False
+    logits[mask] = -np.inf
+    loss, grad = ck.cross_entropy_with_grad(logits, target, reduction="none")
+    x64 = logits.astype(np.float64)
+    np.testing.assert_allclose(loss, ref.cross_entropy(x64, target, reduction="none"), rtol=2e-6)
+    assert np.all(grad[mask] == 0)
+    np.testing.assert_allclose(grad, ref.cross_entropy_grad(x64, target, reduction="none"), rtol=2e-5, atol=1e-8)
+    # label smoothing puts mass on masked classes: the loss is infinite
+    assert np.all(np.isinf(ck.cross_entropy(logits, target, reduction="none", label_smoothing=0.1)))
+
+
+def test_masked_vocabulary_with_soft_targets(rng):
+    logits = rng.standard_normal((3, 10))
+    logits[:, 5:] = -np.inf
+    probs = ref.softmax(rng.standard_normal((3, 10)))
+    probs[:, 5:] = 0
+    probs /= probs.sum(-1, keepdims=True)
+    loss, grad = ck.cross_entropy_with_grad(logits, probs, reduction="none")
+    expected = -(probs[:, :5] * ref.log_softmax(logits[:, :5])).sum(-1)
+    np.testing.assert_allclose(loss, expected, rtol=1e-13)
+    assert np.all(grad[:, 5:] == 0)
+
+
+def test_nan_propagates(rng):
+    logits = rng.standard_normal((3, 4000))
+    logits[1, 2500] = np.nan
+    loss = ck.cross_entropy(logits, np.array([0, 1, 2]), reduction="none")
+    assert np.isfinite(loss[0]) and np.isnan(loss[1]) and np.isfinite(loss[2])
+    assert np.isnan(ck.logsumexp(logits)[1])
+    logits[2, :] = np.nan
+    assert np.isnan(ck.cross_entropy(logits, np.array([0, 1, 2]), reduction="none")[2])
+
+
+def test_single_class_and_fully_masked_rows():
+    assert ck.cross_entropy(np.array([[3.0]]), np.array([0])) == 0
+    loss = ck.cross_entropy(np.array([[-np.inf, -np.inf]]), np.array([0]))
+    assert np.isnan(loss)
+
+
+def test_more_than_2_to_31_elements():
+    """64-bit indexing: N x V past 2**31 (rows broadcast, so no memory)."""
+    vocab = 50_000
+    row = np.linspace(-3, 3, vocab, dtype=np.float32)
+    n_rows = 2**31 // vocab + 1000
+    logits = np.broadcast_to(row, (n_rows, vocab))
+    assert logits.size > 2**31
+    target = np.arange(n_rows) % vocab
+    losses = ck.cross_entropy(logits, target, reduction="none")
+    lse = ref.logsumexp(row.astype(np.float64))
+    np.testing.assert_allclose(losses[[0, 1, n_rows - 1]], lse - row[target[[0, 1, n_rows - 1]]].astype(np.float64), rtol=2e-6)
+    np.testing.assert_allclose(losses[-1000:], lse - row[target[-1000:]].astype(np.float64), rtol=2e-6)
+
+
+@pytest.mark.parametrize("dtype,max_ulp", [(np.float32, 2), (np.float64, 2)])
+def test_exponential_accuracy_sampled(dtype, max_ulp):
+    """Error of the kernels' exp in ulps over the range it is used on."""
+    rng = np.random.default_rng(7)
+    lo = -87.33 if dtype == np.float32 else -708.39
+    x = np.concatenate([np.linspace(lo, 0, 2_000_001), rng.uniform(lo, 0, 1_000_000),
+                        rng.uniform(-1, 0, 1_000_000)]).astype(dtype)
+    y = np.empty_like(x)
+    _core.exp_array(x, y)
+    exact = np.exp(x.astype(np.longdouble))
+    ulp = np.spacing(exact.astype(dtype)).astype(np.longdouble)
+    err = np.abs(y.astype(np.longdouble) - exact) / ulp
+    assert float(err.max()) <= max_ulp
+
+
+def test_exponential_special_values():
+    for dtype in (np.float32, np.float64):
+        x = np.array([-np.inf, np.nan, 0.0, -1000.0, 1000.0, np.inf], dtype=dtype)
+        y = np.empty_like(x)
+        _core.exp_array(x, y)
+        assert y[0] == 0 and np.isnan(y[1]) and y[2] == 1 and y[3] == 0
+        assert y[4] == np.inf and y[5] == np.inf
