@@ -57,18 +57,29 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(splat)(CE_T s)
 CE_TARGET static double CE_NAME(chunk_max)(const CE_T *x, int64_t n)
 {
     const CE_T neg_inf = -(CE_T)__builtin_inf();
-    CE_VT m = CE_NAME(splat)(neg_inf);
+    /* Four independent running maxima hide the compare-select latency. */
+    CE_VT m0 = CE_NAME(splat)(neg_inf), m1 = m0, m2 = m0, m3 = m0;
     int64_t i = 0;
-    for (; i + CE_W <= n; i += CE_W) {
-        CE_VT v = CE_NAME(load)(x + i, CE_W, neg_inf);
-        m = CE_SELECT(v > m, v, m);
+    for (; i + 4 * CE_W <= n; i += 4 * CE_W) {
+        CE_VT v0 = CE_NAME(load)(x + i, CE_W, neg_inf);
+        CE_VT v1 = CE_NAME(load)(x + i + CE_W, CE_W, neg_inf);
+        CE_VT v2 = CE_NAME(load)(x + i + 2 * CE_W, CE_W, neg_inf);
+        CE_VT v3 = CE_NAME(load)(x + i + 3 * CE_W, CE_W, neg_inf);
+        m0 = CE_SELECT(v0 > m0, v0, m0);
+        m1 = CE_SELECT(v1 > m1, v1, m1);
+        m2 = CE_SELECT(v2 > m2, v2, m2);
+        m3 = CE_SELECT(v3 > m3, v3, m3);
     }
-    if (i < n) {
-        CE_VT v = CE_NAME(load)(x + i, n - i, neg_inf);
-        m = CE_SELECT(v > m, v, m);
+    for (; i < n; i += CE_W) {
+        const int64_t count = n - i < CE_W ? n - i : CE_W;
+        CE_VT v = CE_NAME(load)(x + i, count, neg_inf);
+        m0 = CE_SELECT(v > m0, v, m0);
     }
+    m0 = CE_SELECT(m1 > m0, m1, m0);
+    m2 = CE_SELECT(m3 > m2, m3, m2);
+    m0 = CE_SELECT(m2 > m0, m2, m0);
     CE_T lanes[CE_W];
-    memcpy(lanes, &m, sizeof lanes);
+    memcpy(lanes, &m0, sizeof lanes);
     CE_T best = lanes[0];
     for (int l = 1; l < CE_W; ++l) best = lanes[l] > best ? lanes[l] : best;
     return (double)best;

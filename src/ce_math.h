@@ -38,6 +38,7 @@ typedef int32_t ce_vi32 __attribute__((vector_size(64)));
 typedef double ce_vd __attribute__((vector_size(64)));
 typedef int64_t ce_vi64 __attribute__((vector_size(64)));
 typedef float ce_vf8 __attribute__((vector_size(32)));
+typedef double ce_vd16 __attribute__((vector_size(128)));
 
 /* Bitwise select: mask lanes are all ones or all zeros. */
 CE_ALWAYS_INLINE ce_vf ce_select_f(ce_vi32 mask, ce_vf a, ce_vf b)
@@ -119,9 +120,18 @@ typedef struct { ce_vd v; } ce_acc_d;
 
 CE_ALWAYS_INLINE void ce_acc_add_f(ce_acc_f *acc, ce_vf v)
 {
+#if defined(__clang__) || __GNUC__ >= 12
+    /* Widen all 16 lanes at once, then split in registers: this compiles to
+     * two full-width conversions (a union or a per-half conversion goes
+     * through memory or through 128-bit pieces). */
+    ce_vd16 wide = __builtin_convertvector(v, ce_vd16);
+    acc->lo += __builtin_shufflevector(wide, wide, 0, 1, 2, 3, 4, 5, 6, 7);
+    acc->hi += __builtin_shufflevector(wide, wide, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
     union { ce_vf whole; ce_vf8 half[2]; } u = { v };
     acc->lo += __builtin_convertvector(u.half[0], ce_vd);
     acc->hi += __builtin_convertvector(u.half[1], ce_vd);
+#endif
 }
 
 CE_ALWAYS_INLINE void ce_acc_add_d(ce_acc_d *acc, ce_vd v) { acc->v += v; }

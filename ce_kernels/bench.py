@@ -1,0 +1,214 @@
+"""Side-by-side benchmark: ce_kernels vs NumPy vs PyTorch vs the memory floor.
+
+Every figure is measured in the same run on the same array: the minimum
+(and median) of repeated calls. The floors come from the package's own C
+(a multithreaded read, and a copy into a reused buffer), so anyone can
+reproduce the comparison.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from . import _core
+from ._api import cross_entropy, cross_entropy_with_grad
+from ._threads import build_info, get_num_threads
+from ._version import __version__
+
+DEFAULT_SHAPES: Tuple[Tuple[int, int], ...] = ((2048, 32000), (512, 128256), (8, 256000), (1, 256000))
+QUICK_SHAPES: Tuple[Tuple[int, int], ...] = ((256, 32000), (8, 128256), (1, 1000))
+
+
+# ---- the NumPy baseline: careful, not naive ---------------------------------
+
+def numpy_cross_entropy(logits: np.ndarray, target: np.ndarray) -> float:
+    """Mean softmax cross-entropy in NumPy: max-subtracted log-sum-exp,
+    gather, mean, with one temporary reused in place."""
+    m = logits.max(axis=-1, keepdims=True)
+    shifted = np.subtract(logits, m)
+    np.exp(shifted, out=shifted)
+    lse = np.log(shifted.sum(axis=-1)) + m[:, 0]
+    rows = np.arange(logits.shape[0])
+    return float(np.mean(lse - logits[rows, target]))
+
+
+def numpy_cross_entropy_with_grad(logits: np.ndarray, target: np.ndarray):
+    """Loss and gradient in NumPy with one temporary (softmax - onehot) / N."""
+    n = logits.shape[0]
+    m = logits.max(axis=-1, keepdims=True)
+    grad = np.subtract(logits, m)
+    np.exp(grad, out=grad)
+    sums = grad.sum(axis=-1, keepdims=True)
+    rows = np.arange(n)
+    loss = float(np.mean(np.log(sums[:, 0]) + m[:, 0] - logits[rows, target]))
+    grad /= sums
+    grad[rows, target] -= 1.0
+    grad /= n
+    return loss, grad
+
+
+# ---- timing -------------------------------------------------------------------
+
+def time_call(fn: Callable[[], object], repeat: int, setup: Optional[Callable[[], None]] = None,
+              budget: float = 20.0) -> Dict[str, float]:
+    """Min and median seconds of ``repeat`` calls (fewer if a call is slow:
+    at least 2 once ``budget`` seconds are spent). ``setup`` runs untimed
+    before each call."""
+    times: List[float] = []
+    spent = 0.0
+    for i in range(repeat):
+        if setup is not None:
+            setup()
+        start = time.perf_counter()
+        fn()
+        elapsed = time.perf_counter() - start
+        times.append(elapsed)
+        spent += elapsed
+        if spent > budget and i >= 1:
+            break
+    return {"min": min(times), "median": statistics.median(times), "runs": len(times)}
+
+
+def _torch_or_none():
+    try:
+        import torch  # noqa: F401  (optional comparison)
+    except Exception:
+        return None
+    return torch
+
+
+def machine_line(threads: int) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    info = build_info()
+    return (f"ce_kernels {__version__} | {cpu} | {os.cpu_count()} CPUs | threads={threads} | "
+            f"isa={info['isa']} | openmp={info['openmp']} | numpy {np.__version__}")
+
+
+# ---- one shape ------------------------------------------------------------------
+
+def bench_shape(n: int, v: int, threads: int, repeat: int, with_numpy: bool = True,
+                with_torch: bool = True, seed: int = 0) -> Dict[str, object]:
+    """Time every contender on one float32 (n, v) problem."""
+    rng = np.random.default_rng(seed)
+    logits = rng.standard_normal((n, v), dtype=np.float32)
+    target = rng.integers(0, v, n)
+    buf = np.empty_like(logits)
+    work = np.empty_like(logits)
+    results: Dict[str, Dict[str, float]] = {}
+
+    results["read floor"] = time_call(lambda: _core.floor_read(logits, threads), repeat)
+    results["copy floor"] = time_call(lambda: _core.floor_copy(logits, buf, threads), repeat)
+    results["ours forward"] = time_call(
+        lambda: cross_entropy(logits, target, num_threads=threads), repeat)
+    results["ours fwd+bwd (out=buf)"] = time_call(
+        lambda: cross_entropy_with_grad(logits, target, out=buf, num_threads=threads), repeat)
+
+    def refill():
+        _core.floor_copy(logits, work, threads)
+
+    results["ours fwd+bwd (in place)"] = time_call(
+        lambda: cross_entropy_with_grad(work, target, out=work, num_threads=threads), repeat, setup=refill)
+
+    if with_numpy:
+        results["numpy forward"] = time_call(lambda: numpy_cross_entropy(logits, target), repeat)
+        results["numpy fwd+bwd"] = time_call(lambda: numpy_cross_entropy_with_grad(logits, target), repeat)
+
+    torch = _torch_or_none() if with_torch else None
+    if torch is not None:
+        previous = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            tx = torch.from_numpy(logits)
+            tt = torch.from_numpy(target)
+            F = torch.nn.functional
+            with torch.no_grad():
+                results["torch forward"] = time_call(lambda: F.cross_entropy(tx, tt), repeat)
+            leaf = tx.clone().requires_grad_(True)
+
+            def torch_fwd_bwd():
+                leaf.grad = None
+                F.cross_entropy(leaf, tt).backward()
+
+            results["torch fwd+bwd"] = time_call(torch_fwd_bwd, repeat)
+        finally:
+            torch.set_num_threads(previous)
+
+    return {"n": n, "v": v, "threads": threads, "bytes": logits.nbytes, "times": results}
+
+
+# ---- reporting ---------------------------------------------------------------------
+
+def _ratio(a: Optional[Dict[str, float]], b: Optional[Dict[str, float]]) -> Optional[float]:
+    if a is None or b is None:
+        return None
+    return a["min"] / b["min"]
+
+
+def derived_ratios(shape_result: Dict[str, object]) -> Dict[str, Optional[float]]:
+    t = shape_result["times"]
+    get = t.get
+    return {
+        "forward / read floor": _ratio(get("ours forward"), get("read floor")),
+        "fwd+bwd in place / read floor": _ratio(get("ours fwd+bwd (in place)"), get("read floor")),
+        "fwd+bwd out=buf / copy floor": _ratio(get("ours fwd+bwd (out=buf)"), get("copy floor")),
+        "forward speedup vs numpy": _ratio(get("numpy forward"), get("ours forward")),
+        "forward speedup vs torch": _ratio(get("torch forward"), get("ours forward")),
+        "fwd+bwd speedup vs numpy": _ratio(get("numpy fwd+bwd"), get("ours fwd+bwd (out=buf)")),
+        "fwd+bwd speedup vs torch": _ratio(get("torch fwd+bwd"), get("ours fwd+bwd (out=buf)")),
+    }
+
+
+def format_table(shape_result: Dict[str, object]) -> str:
+    n, v, nbytes = shape_result["n"], shape_result["v"], shape_result["bytes"]
+    times = shape_result["times"]
+    floor = times["read floor"]["min"]
+    lines = [f"(N, V) = ({n}, {v})  float32, {nbytes / 1e6:.1f} MB of logits",
+             f"  {'':28s} {'min ms':>10s} {'median ms':>10s} {'GB/s read':>10s} {'x read floor':>13s}"]
+    for name, t in times.items():
+        gbps = nbytes / t["min"] / 1e9
+        lines.append(f"  {name:28s} {t['min'] * 1e3:10.3f} {t['median'] * 1e3:10.3f} "
+                     f"{gbps:10.1f} {t['min'] / floor:13.2f}")
+    for name, value in derived_ratios(shape_result).items():
+        if value is not None:
+            lines.append(f"  {name:36s} {value:8.2f}x" if "speedup" in name else f"  {name:36s} {value:8.2f}")
+    return "\n".join(lines)
+
+
+def run(shapes: Sequence[Tuple[int, int]] = DEFAULT_SHAPES, threads: Optional[int] = None,
+        repeat: int = 7, with_numpy: bool = True, with_torch: bool = True,
+        as_json: bool = False, out=None) -> List[Dict[str, object]]:
+    """Run the benchmark over ``shapes`` and print a table per shape (or JSON)."""
+    import sys
+    out = out or sys.stdout
+    threads = threads or get_num_threads()
+    if not as_json:
+        print(machine_line(threads), file=out)
+        if with_torch and _torch_or_none() is None:
+            print("(PyTorch not installed: torch columns skipped; pip install torch to compare)", file=out)
+        print(file=out)
+    results = []
+    for n, v in shapes:
+        r = bench_shape(n, v, threads, repeat, with_numpy=with_numpy, with_torch=with_torch)
+        r["ratios"] = derived_ratios(r)
+        results.append(r)
+        if not as_json:
+            print(format_table(r), file=out)
+            print(file=out, flush=True)
+    if as_json:
+        doc = {"machine": machine_line(threads), "build": build_info(), "results": results}
+        print(json.dumps(doc, indent=2), file=out)
+    return results
