@@ -7,16 +7,18 @@
  * NaN and inf keep their meaning everywhere.
  *
  * Method: x = k*ln2 + r with |r| <= ln2/2 (Cody-Waite split of ln2), exp(r)
- * by its Taylor polynomial (degree 7 for float, 13 for double: truncation
- * error below 0.1 ulp), and 2^k written directly into the exponent bits.
- * k is read back from the bits of the rounding constant, so no
- * float-to-integer conversion is needed (AVX2 has none for 64-bit lanes).
+ * by a polynomial (a degree-6 fit for float, the degree-13 Taylor
+ * polynomial for double; approximation error below 0.1 ulp), and 2^k
+ * written directly into the exponent bits. k is read from the bits of the
+ * rounding constant, so no float-to-integer conversion is needed (AVX2 has
+ * none for 64-bit lanes).
  *
- * Domain: the kernels evaluate exp(x - max) <= 0 only. Results below the
+ * Domain: the kernels evaluate exp(x - max), x - max <= 0 (or NaN), and
+ * these functions are exact-range only for that use: results below the
  * smallest normal number are flushed to exactly 0 (for float their true
- * size is below 1.2e-38); -inf gives 0; NaN gives NaN; above 88.376
- * (float) or 709.436 (double) the result is +inf. The maximum error over
- * [-87.33, 0] is measured by the test suite over every float in it.
+ * size is below 1.2e-38); -inf gives 0; NaN gives NaN. Inputs above
+ * 88.37 (float) / 709.43 (double) are outside the domain. The maximum
+ * error over [-87.33, 0] is measured by the test suite over every float.
  */
 #ifndef CE_MATH_H
 #define CE_MATH_H
@@ -54,47 +56,43 @@ CE_ALWAYS_INLINE ce_vd ce_select_d(ce_vi64 mask, ce_vd a, ce_vd b)
 CE_ALWAYS_INLINE ce_vf ce_max_f(ce_vf a, ce_vf b) { return ce_select_f(a > b, a, b); }
 CE_ALWAYS_INLINE ce_vd ce_max_d(ce_vd a, ce_vd b) { return ce_select_d(a > b, a, b); }
 
+/* exp of 16 floats with x <= 88.37 (the kernels pass x - max <= 0). */
 CE_ALWAYS_INLINE ce_vf ce_exp_f(ce_vf x)
 {
-    const float lo = -87.33654475f;   /* ln(FLT_MIN): below it the result is 0 */
-    const float hi = 88.37626266f;    /* 127.5 * ln2: keeps 2^k finite          */
-    const float round_magic = 12582912.0f;  /* 1.5 * 2^23 */
-    const int32_t magic_bits = 0x4B400000;  /* bits of round_magic */
-    const ce_vf vlo = lo - (ce_vf){0}, vhi = hi - (ce_vf){0};
-    ce_vf xc = ce_select_f(x < lo, vlo, x);
-    xc = ce_select_f(xc > hi, vhi, xc);
-    ce_vf t = xc * 1.44269504088896341f + round_magic;
-    ce_vi32 k = (ce_vi32)t - magic_bits;
-    ce_vf kf = t - round_magic;
+    const float lo = -87.33654475f;        /* ln(FLT_MIN): below it the result is 0 */
+    const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
+    const ce_vi32 under = x < lo;          /* true for -inf, false for NaN */
+    const ce_vf xc = ce_select_f(under, lo - (ce_vf){0}, x);
+    const ce_vf t = xc * 1.44269504088896341f + round_magic;
+    const ce_vf kf = t - round_magic;
     ce_vf r = xc - kf * 0.693359375f;      /* ln2 high part: exact product */
     r = r - kf * -2.12194440e-4f;          /* ln2 low part                 */
-    ce_vf p = r * (1.0f / 5040.0f) + 1.0f / 720.0f;
-    p = p * r + 1.0f / 120.0f;
-    p = p * r + 1.0f / 24.0f;
-    p = p * r + 1.0f / 6.0f;
-    p = p * r + 0.5f;
+    /* Degree-6 fit of exp on [-ln2/2, ln2/2] (max relative error 2e-9). */
+    ce_vf p = r * 0.0013843653723597527f + 0.00837415549904108f;
+    p = p * r + 0.04166800156235695f;
+    p = p * r + 0.16666431725025177f;
+    p = p * r + 0.4999999403953552f;
     p = p * r + 1.0f;
     p = p * r + 1.0f;
-    ce_vf y = p * (ce_vf)((k + 127) << 23);
-    y = ce_select_f(x < lo, (ce_vf){0}, y);
-    y = ce_select_f(x > hi, __builtin_inff() - (ce_vf){0}, y);
-    return y;
+    /* The low 9 bits of t's pattern hold k: shifted into the exponent field
+     * they wrap to k << 23; adding the bias gives 2^k. */
+    const ce_vi32 scale = ((ce_vi32)t << 23) + (127 << 23);
+    const ce_vf y = p * (ce_vf)scale;
+    return (ce_vf)((ce_vi32)y & ~under);
 }
 
+/* exp of 8 doubles with x <= 709.43 (the kernels pass x - max <= 0). */
 CE_ALWAYS_INLINE ce_vd ce_exp_d(ce_vd x)
 {
     const double lo = -708.3964185322641;  /* ln(DBL_MIN) */
-    const double hi = 709.4361393031039;   /* 1023.5 * ln2 */
     const double round_magic = 6755399441055744.0;  /* 1.5 * 2^52 */
-    const int64_t magic_bits = 0x4338000000000000LL;
-    const ce_vd vlo = lo - (ce_vd){0}, vhi = hi - (ce_vd){0};
-    ce_vd xc = ce_select_d(x < lo, vlo, x);
-    xc = ce_select_d(xc > hi, vhi, xc);
-    ce_vd t = xc * 1.4426950408889634 + round_magic;
-    ce_vi64 k = (ce_vi64)t - magic_bits;
-    ce_vd kf = t - round_magic;
+    const ce_vi64 under = x < lo;
+    const ce_vd xc = ce_select_d(under, lo - (ce_vd){0}, x);
+    const ce_vd t = xc * 1.4426950408889634 + round_magic;
+    const ce_vd kf = t - round_magic;
     ce_vd r = xc - kf * 6.93147180369123816490e-01;   /* ln2 high (exact product) */
     r = r - kf * 1.90821492927058770002e-10;          /* ln2 low                  */
+    /* Taylor polynomial of degree 13: truncation error below 0.1 ulp. */
     ce_vd p = r * (1.0 / 6227020800.0) + 1.0 / 479001600.0;
     p = p * r + 1.0 / 39916800.0;
     p = p * r + 1.0 / 3628800.0;
@@ -108,10 +106,10 @@ CE_ALWAYS_INLINE ce_vd ce_exp_d(ce_vd x)
     p = p * r + 0.5;
     p = p * r + 1.0;
     p = p * r + 1.0;
-    ce_vd y = p * (ce_vd)((k + 1023) << 52);
-    y = ce_select_d(x < lo, (ce_vd){0}, y);
-    y = ce_select_d(x > hi, __builtin_inf() - (ce_vd){0}, y);
-    return y;
+    /* Low 12 bits of t's pattern hold k (see ce_exp_f). */
+    const ce_vi64 scale = ((ce_vi64)t << 52) + ((int64_t)1023 << 52);
+    const ce_vd y = p * (ce_vd)scale;
+    return (ce_vd)((ce_vi64)y & ~under);
 }
 
 /* Sums kept in double: a float vector's lanes go into two double vectors. */
