@@ -1,6 +1,7 @@
 """The command line: ce-kernels bench runs and reports; bad arguments exit 2."""
 import json
 import subprocess
+import tempfile
 import sys
 
 import numpy as np
@@ -10,9 +11,14 @@ from ce_kernels import cli
 from ce_kernels.bench import numpy_cross_entropy, numpy_cross_entropy_with_grad
 import ce_kernels as ck
 
+# Subprocesses start outside the checkout so that they import the installed
+# package, not the uncompiled source directory.
+OUTSIDE_SOURCE_TREE = tempfile.gettempdir()
+
 
 def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "ce_kernels", *args], capture_output=True, text=True)
+    return subprocess.run([sys.executable, "-m", "ce_kernels", *args], capture_output=True, text=True,
+                          cwd=OUTSIDE_SOURCE_TREE)
 
 
 def test_bench_json_reports_every_contender():

@@ -2,6 +2,7 @@
 released, and the thread-count controls behave."""
 import os
 import subprocess
+import tempfile
 import sys
 from concurrent.futures import ThreadPoolExecutor
 
@@ -9,6 +10,10 @@ import numpy as np
 import pytest
 
 import ce_kernels as ck
+
+# Subprocesses start outside the checkout so that they import the installed
+# package, not the uncompiled source directory.
+OUTSIDE_SOURCE_TREE = tempfile.gettempdir()
 import reference as ref
 from conftest import THREAD_COUNTS
 
@@ -87,7 +92,8 @@ def test_set_and_get_num_threads():
 
 def run_python(code, **env):
     full_env = dict(os.environ, **env)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=full_env,
+                         check=True, cwd=OUTSIDE_SOURCE_TREE)
     return out.stdout.strip()
 
 
