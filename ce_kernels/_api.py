@@ -4,6 +4,7 @@ The arithmetic happens in C (``src/``) through the bridge in ``_core.pyx``.
 """
 from __future__ import annotations
 
+import math
 from typing import Any, Optional, Tuple
 
 import numpy as np
@@ -38,12 +39,7 @@ def _prepare_targets(target: Any, logits: np.ndarray, weight: Optional[np.ndarra
         raise TypeError(f"target must be array-like: {exc}") from None
     batch_shape, n_classes = logits.shape[:-1], logits.shape[-1]
     if t.dtype.kind in "iu":
-        hard = v.hard_targets(t, batch_shape, n_classes, ignore_index)
-        valid = hard != ignore_index
-        if weight is None:
-            denominator = float(np.count_nonzero(valid))
-        else:
-            denominator = float(np.sum(weight[hard[valid]], dtype=np.float64))
+        hard, denominator = v.hard_targets(t, batch_shape, n_classes, ignore_index, weight)
         return _Targets(hard, None, denominator)
     if t.dtype.kind == "f":
         soft = v.soft_targets(t, logits.shape, logits.dtype.newbyteorder("="))
@@ -78,8 +74,7 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
             # IEEE division as PyTorch: a zero total weight over positions
             # that are not ignored gives NaN gradients there; ignored rows
             # stay exactly 0 whatever the scale.
-            with np.errstate(divide="ignore", invalid="ignore"):
-                scale = float(np.float64(scale) / np.float64(targets.mean_denominator))
+            scale = _ieee_divide(scale, targets.mean_denominator)
         if out is not None:
             out_arr = v.output_array(out, x.shape, dtype)
             v.check_no_overlap(out_arr, {"logits": x, "target": target, "weight": weight,
@@ -106,7 +101,7 @@ def _writable_rows(out: np.ndarray) -> Tuple[np.ndarray, bool]:
     """(2-D rows for the kernels to write, whether they are a view of ``out``).
     When they are not, the caller copies them back into ``out``."""
     n_cols = out.shape[-1]
-    n_rows = int(np.prod(out.shape[:-1], dtype=np.int64))
+    n_rows = math.prod(out.shape[:-1])
     try:
         rows = out.view()
         rows.shape = (n_rows, n_cols)  # raises instead of copying
@@ -121,11 +116,19 @@ def _reduce(row_loss: np.ndarray, reduction: str, denominator: float,
             batch_shape: Tuple[int, ...], dtype: np.dtype):
     if reduction == "none":
         return row_loss.astype(dtype).reshape(batch_shape)
-    total = float(np.sum(row_loss))
+    total = float(row_loss.sum())
     if reduction == "sum":
         return dtype.type(total)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return dtype.type(np.float64(total) / np.float64(denominator))
+    return dtype.type(_ieee_divide(total, denominator))
+
+
+def _ieee_divide(a: float, b: float) -> float:
+    """a / b with IEEE semantics (x / 0 is +-inf, 0 / 0 is NaN), not an exception."""
+    if b != 0:
+        return a / b
+    if a == 0 or math.isnan(a):
+        return math.nan
+    return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,

@@ -176,3 +176,39 @@ def floor_copy(cnp.ndarray x, cnp.ndarray y, int n_threads):
     with nogil:
         ce_floor_copy_f32(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y),
                           cnp.PyArray_SIZE(x), n_threads)
+
+
+def check_targets(cnp.ndarray target, int64_t n_classes, int64_t ignore_index, cnp.ndarray weight):
+    """Scan int64 class targets once: (first bad flat index or -1, number of
+    positions not ignored, summed weight of those positions).
+
+    ``target`` is contiguous int64; ``weight`` is None or a contiguous
+    float32/float64 array of length ``n_classes``.
+    """
+    cdef const int64_t *t = <const int64_t *>cnp.PyArray_DATA(target)
+    cdef int64_t n = cnp.PyArray_SIZE(target)
+    cdef int64_t i, value, bad = -1, counted = 0
+    cdef double weight_sum = 0.0
+    cdef const float *w32 = NULL
+    cdef const double *w64 = NULL
+    if weight is not None:
+        if cnp.PyArray_TYPE(weight) == cnp.NPY_FLOAT32:
+            w32 = <const float *>cnp.PyArray_DATA(weight)
+        else:
+            w64 = <const double *>cnp.PyArray_DATA(weight)
+    with nogil:
+        for i in range(n):
+            value = t[i]
+            if value == ignore_index:
+                continue
+            if value < 0 or value >= n_classes:
+                bad = i
+                break
+            counted += 1
+            if w32 != NULL:
+                weight_sum += w32[value]
+            elif w64 != NULL:
+                weight_sum += w64[value]
+    if weight is None:
+        weight_sum = <double>counted
+    return bad, counted, weight_sum

@@ -6,10 +6,13 @@ argument and, for targets, the first offending position and value.
 """
 from __future__ import annotations
 
+import math
 import numbers
 from typing import Any, Optional, Tuple
 
 import numpy as np
+
+from . import _core
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 REDUCTIONS = ("mean", "sum", "none")
@@ -41,10 +44,12 @@ def as_float_array(value: Any, name: str) -> np.ndarray:
 def rows_view(arr: np.ndarray) -> np.ndarray:
     """A 2-D (rows, last axis) array the kernels accept: native byte order,
     aligned, last axis contiguous. A view of ``arr`` whenever possible."""
+    if arr.ndim == 2 and arr.flags.c_contiguous and arr.flags.aligned and arr.dtype.isnative:
+        return arr
     if not arr.dtype.isnative:
         arr = arr.astype(arr.dtype.newbyteorder("="))
     n_cols = arr.shape[-1]
-    n_rows = int(np.prod(arr.shape[:-1], dtype=np.int64))
+    n_rows = math.prod(arr.shape[:-1])
     rows = arr.reshape(n_rows, n_cols)
     if not kernel_layout_ok(rows):
         rows = np.ascontiguousarray(rows)
@@ -69,6 +74,8 @@ def check_reduction(reduction: Any) -> str:
 
 
 def check_label_smoothing(label_smoothing: Any) -> float:
+    if type(label_smoothing) is float and 0.0 <= label_smoothing <= 1.0:
+        return label_smoothing  # the common case, without the slower ABC checks
     if isinstance(label_smoothing, bool) or not isinstance(label_smoothing, numbers.Real):
         raise TypeError(f"label_smoothing must be a float in [0, 1], got {label_smoothing!r}")
     value = float(label_smoothing)
@@ -78,6 +85,8 @@ def check_label_smoothing(label_smoothing: Any) -> float:
 
 
 def check_ignore_index(ignore_index: Any) -> int:
+    if type(ignore_index) is int and -(2**63) <= ignore_index < 2**63:
+        return ignore_index  # the common case, without the slower ABC checks
     if isinstance(ignore_index, bool) or not isinstance(ignore_index, numbers.Integral):
         raise TypeError(f"ignore_index must be an integer, got {ignore_index!r}")
     value = int(ignore_index)
@@ -106,23 +115,31 @@ def check_axis(axis: Any, ndim: int) -> int:
 
 
 def hard_targets(target: np.ndarray, batch_shape: Tuple[int, ...], n_classes: int,
-                 ignore_index: int) -> np.ndarray:
-    """Integer class targets as a flat int64 array, range-checked."""
+                 ignore_index: int, weight: Optional[np.ndarray]) -> Tuple[np.ndarray, float]:
+    """Integer class targets as a flat int64 array, range-checked, and the
+    denominator of the mean (summed weight of the positions not ignored)."""
     if target.shape != batch_shape:
         raise ValueError(
             f"target has shape {target.shape}, expected {batch_shape} (logits.shape[:-1]) "
             f"for class indices"
         )
-    bad = ((target < 0) | (target >= n_classes)) & (target != ignore_index)
-    if bad.any():
-        flat = int(np.argmax(bad.reshape(-1)))
-        position = [int(i) for i in np.unravel_index(flat, batch_shape)] if batch_shape else []
-        value = int(target.reshape(-1)[flat])
-        raise IndexError(
-            f"target{position} = {value} is out of range: class indices must be in "
-            f"[0, {n_classes}) or equal ignore_index ({ignore_index})"
-        )
-    return np.ascontiguousarray(target.reshape(-1), dtype=np.int64)
+    if target.dtype == np.uint64 and target.size and int(target.max()) >= 2**63:
+        flat = int(np.argmax(target.reshape(-1) >= 2**63))
+        _raise_bad_target(target, flat, batch_shape, n_classes, ignore_index)
+    flat_targets = np.ascontiguousarray(target.reshape(-1), dtype=np.int64)
+    bad, _, denominator = _core.check_targets(flat_targets, n_classes, ignore_index, weight)
+    if bad >= 0:
+        _raise_bad_target(target, bad, batch_shape, n_classes, ignore_index)
+    return flat_targets, denominator
+
+
+def _raise_bad_target(target, flat, batch_shape, n_classes, ignore_index):
+    position = [int(i) for i in np.unravel_index(flat, batch_shape)] if batch_shape else []
+    value = int(target.reshape(-1)[flat])
+    raise IndexError(
+        f"target{position} = {value} is out of range: class indices must be in "
+        f"[0, {n_classes}) or equal ignore_index ({ignore_index})"
+    )
 
 
 def soft_targets(target: np.ndarray, logits_shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
