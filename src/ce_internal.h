@@ -20,6 +20,10 @@
  * (8 KiB) keep a chunk and its output in L1 between the two sweeps. */
 #define CE_CHUNK 2048
 
+/* Software prefetch distance of the first sweep, in elements: one chunk
+ * ahead, so the next chunk arrives while this one is being computed. */
+#define CE_PREFETCH_AHEAD CE_CHUNK
+
 /* Below this many elements in total a call stays on one thread: waking a
  * second thread costs more than the work. */
 #define CE_PARALLEL_THRESHOLD 32768

@@ -108,15 +108,15 @@ typedef struct {
     CE_ACC sum, lin, asum;
 } CE_NAME(sums);
 
-/* One vector's worth of the first sweep; flags are compile-time constants. */
-CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_step)(
+/* One vector's worth of the first sweep: returns exp(x - shift) and adds
+ * the linear sums; flags are compile-time constants. */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
     const CE_T *x, int64_t j, int64_t count, CE_T *e, CE_VT shift,
     const ce_lin *lin, CE_NAME(sums) *s,
     const int store, const int use_lin, const int has_w, const int has_y)
 {
     CE_VT v = CE_NAME(load)(x + j, count, -(CE_T)__builtin_inf());
     CE_VT ex = CE_VEXP(v - shift);
-    CE_ACC_ADD(&s->sum, ex);
     if (use_lin) {
         CE_VT a = CE_NAME(coef)(lin, j, count, has_w, has_y);
         /* a * (max - x), skipping a == 0 so that 0 * inf (a masked class
@@ -126,6 +126,7 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_step)(
         CE_ACC_ADD(&s->asum, a);
     }
     if (store) CE_NAME(store)(e + j, count, ex);
+    return ex;
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
@@ -135,14 +136,27 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
     const double m = CE_NAME(chunk_max)(x, n);
     /* A chunk of -inf only: subtract 0 so that exp(-inf) = 0, not NaN. */
     const double shift = (m == -__builtin_inf()) ? 0.0 : m;
-    const CE_VT vshift = CE_NAME(splat)((CE_T)shift);
+    const CE_VT vs = CE_NAME(splat)((CE_T)shift);
     CE_NAME(sums) s;
     memset(&s, 0, sizeof s);
     int64_t i = 0;
-    for (; i + CE_W <= n; i += CE_W)
-        CE_NAME(stats_step)(x, i, CE_W, e, vshift, lin, &s, store, use_lin, has_w, has_y);
-    if (i < n)
-        CE_NAME(stats_step)(x, i, n - i, e, vshift, lin, &s, store, use_lin, has_w, has_y);
+    for (; i + 4 * CE_W <= n; i += 4 * CE_W) {
+        /* While this chunk is computed from L1, bring in the next one (a
+         * cache line per vector), so memory and arithmetic overlap. */
+        for (int k = 0; k < 4; ++k)
+            __builtin_prefetch(x + i + k * CE_W + CE_PREFETCH_AHEAD, 0, 3);
+        CE_VT e0 = CE_NAME(stats_step)(x, i, CE_W, e, vs, lin, &s, store, use_lin, has_w, has_y);
+        CE_VT e1 = CE_NAME(stats_step)(x, i + CE_W, CE_W, e, vs, lin, &s, store, use_lin, has_w, has_y);
+        CE_VT e2 = CE_NAME(stats_step)(x, i + 2 * CE_W, CE_W, e, vs, lin, &s, store, use_lin, has_w, has_y);
+        CE_VT e3 = CE_NAME(stats_step)(x, i + 3 * CE_W, CE_W, e, vs, lin, &s, store, use_lin, has_w, has_y);
+        /* Four exponentials (each <= 1) are added in the compute type, two
+         * roundings at the level of exp's own error, then widened once. */
+        CE_ACC_ADD(&s.sum, (e0 + e1) + (e2 + e3));
+    }
+    for (; i < n; i += CE_W) {
+        const int64_t count = n - i < CE_W ? n - i : CE_W;
+        CE_ACC_ADD(&s.sum, CE_NAME(stats_step)(x, i, count, e, vs, lin, &s, store, use_lin, has_w, has_y));
+    }
     st->max = m;
     st->shift = shift;
     st->sumexp = CE_ACC_SUM(s.sum);

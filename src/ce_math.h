@@ -61,8 +61,10 @@ CE_ALWAYS_INLINE ce_vf ce_exp_f(ce_vf x)
 {
     const float lo = -87.33654475f;        /* ln(FLT_MIN): below it the result is 0 */
     const float round_magic = 12582912.0f; /* 1.5 * 2^23 */
-    const ce_vi32 under = x < lo;          /* true for -inf, false for NaN */
-    const ce_vf xc = ce_select_f(under, lo - (ce_vf){0}, x);
+    /* Below lo (and for -inf) the lanes compute garbage that the final mask
+     * clears; NaN compares false and propagates. */
+    const ce_vi32 under = x < lo;
+    const ce_vf xc = x;
     const ce_vf t = xc * 1.44269504088896341f + round_magic;
     const ce_vf kf = t - round_magic;
     ce_vf r = xc - kf * 0.693359375f;      /* ln2 high part: exact product */
@@ -86,8 +88,8 @@ CE_ALWAYS_INLINE ce_vd ce_exp_d(ce_vd x)
 {
     const double lo = -708.3964185322641;  /* ln(DBL_MIN) */
     const double round_magic = 6755399441055744.0;  /* 1.5 * 2^52 */
-    const ce_vi64 under = x < lo;
-    const ce_vd xc = ce_select_d(under, lo - (ce_vd){0}, x);
+    const ce_vi64 under = x < lo;   /* garbage lanes cleared at the end, as in ce_exp_f */
+    const ce_vd xc = x;
     const ce_vd t = xc * 1.4426950408889634 + round_magic;
     const ce_vd kf = t - round_magic;
     ce_vd r = xc - kf * 6.93147180369123816490e-01;   /* ln2 high (exact product) */
