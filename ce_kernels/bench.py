@@ -212,3 +212,78 @@ def run(shapes: Sequence[Tuple[int, int]] = DEFAULT_SHAPES, threads: Optional[in
         doc = {"machine": machine_line(threads), "build": build_info(), "results": results}
         print(json.dumps(doc, indent=2), file=out)
     return results
+
+
+# ---- sweeps for the picture -------------------------------------------------------
+
+SWEEP_VOCABS: Tuple[int, ...] = (1000, 4000, 16000, 32000, 64000, 128256, 256000)
+SWEEP_ELEMENTS = 1 << 24  # about 64 MB of float32 logits per point
+
+
+def _gbps(nbytes: int, t: Dict[str, float]) -> float:
+    return nbytes / t["min"] / 1e9
+
+
+def sweep(threads: int, repeat: int, with_torch: bool = True) -> Dict[str, object]:
+    """Throughput (GB/s of logits) against vocabulary size at ``threads``
+    threads, and against thread count at V = 32000."""
+    torch = _torch_or_none() if with_torch else None
+    by_vocab: Dict[str, List[float]] = {"read floor": [], "ours forward": [], "ours fwd+bwd": [],
+                                        "numpy forward": []}
+    if torch is not None:
+        by_vocab["torch forward"] = []
+    for v in SWEEP_VOCABS:
+        n = max(1, SWEEP_ELEMENTS // v)
+        r = bench_shape(n, v, threads, repeat, with_torch=torch is not None)
+        t, nbytes = r["times"], r["bytes"]
+        by_vocab["read floor"].append(_gbps(nbytes, t["read floor"]))
+        by_vocab["ours forward"].append(_gbps(nbytes, t["ours forward"]))
+        by_vocab["ours fwd+bwd"].append(_gbps(nbytes, t["ours fwd+bwd (out=buf)"]))
+        by_vocab["numpy forward"].append(_gbps(nbytes, t["numpy forward"]))
+        if torch is not None:
+            by_vocab["torch forward"].append(_gbps(nbytes, t["torch forward"]))
+    thread_counts = list(range(1, max(threads, 1) + 1))
+    by_threads: Dict[str, List[float]] = {"read floor": [], "ours forward": [], "ours fwd+bwd": []}
+    for nt in thread_counts:
+        r = bench_shape(SWEEP_ELEMENTS // 32000, 32000, nt, repeat, with_numpy=False, with_torch=False)
+        t, nbytes = r["times"], r["bytes"]
+        by_threads["read floor"].append(_gbps(nbytes, t["read floor"]))
+        by_threads["ours forward"].append(_gbps(nbytes, t["ours forward"]))
+        by_threads["ours fwd+bwd"].append(_gbps(nbytes, t["ours fwd+bwd (out=buf)"]))
+    return {"vocabs": list(SWEEP_VOCABS), "by_vocab": by_vocab,
+            "thread_counts": thread_counts, "by_threads": by_threads}
+
+
+def plot(path: str, threads: int, repeat: int, with_torch: bool = True) -> Dict[str, object]:
+    """Draw throughput vs vocabulary size and vs thread count into ``path``."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise RuntimeError("--plot needs matplotlib: pip install 'ce_kernels[plot]'") from None
+    data = sweep(threads, repeat, with_torch)
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for name, values in data["by_vocab"].items():
+        left.plot(data["vocabs"], values, marker="o", label=name,
+                  linestyle="--" if name == "read floor" else "-")
+    left.set_xscale("log")
+    left.set_xlabel("vocabulary size V (N x V = 16M float32)")
+    left.set_ylabel("GB/s of logits")
+    left.set_title(f"throughput vs vocabulary, {threads} thread(s)")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    for name, values in data["by_threads"].items():
+        right.plot(data["thread_counts"], values, marker="o", label=name,
+                   linestyle="--" if name == "read floor" else "-")
+    right.set_xlabel("threads")
+    right.set_ylabel("GB/s of logits")
+    right.set_xticks(data["thread_counts"])
+    right.set_title("throughput vs threads, V = 32000")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.suptitle(machine_line(threads), fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return data

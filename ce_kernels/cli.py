@@ -5,6 +5,7 @@ import argparse
 import sys
 from typing import List, Optional, Sequence, Tuple
 
+from ._threads import get_num_threads as ck_threads
 from ._version import __version__
 
 
@@ -51,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-numpy", action="store_true", help="skip the (slow) NumPy baseline")
     bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--plot", metavar="FILE.png", default=None,
+                       help="also draw throughput vs vocabulary size and vs thread count "
+                            "(needs matplotlib)")
     return parser
 
 
@@ -63,6 +67,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bench.QUICK_SHAPES if args.quick else bench.DEFAULT_SHAPES)
         bench.run(shapes, threads=args.threads, repeat=args.repeat,
                   with_numpy=not args.no_numpy, with_torch=not args.no_torch, as_json=args.json)
+        if args.plot:
+            try:
+                bench.plot(args.plot, threads=args.threads or ck_threads(), repeat=args.repeat,
+                           with_torch=not args.no_torch)
+            except RuntimeError as exc:
+                print(f"ce-kernels: {exc}", file=sys.stderr)
+                return 2
+            if not args.json:
+                print(f"plot written to {args.plot}")
     return 0
 
 
