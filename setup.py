@@ -87,6 +87,7 @@ extension = Extension(
         "src/ce_kernels.c",
         "src/ce_leaves.c",
         "src/ce_floor.c",
+        "src/ce_family.c",
     ],
     include_dirs=["src", np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

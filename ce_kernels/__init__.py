@@ -9,6 +9,16 @@ with OpenMP threads and SIMD chosen at run time for the CPU.
 >>> loss, grad = ck.cross_entropy_with_grad(logits, target)
 """
 from ._api import cross_entropy, cross_entropy_with_grad, log_softmax, logsumexp, softmax
+from ._family import (
+    binary_cross_entropy,
+    binary_cross_entropy_probs,
+    binary_cross_entropy_with_grad,
+    cross_entropy_probs,
+    entropy,
+    kl_divergence,
+    log_sigmoid,
+    sigmoid,
+)
 from ._threads import (
     build_info,
     get_num_threads,
@@ -24,7 +34,15 @@ del _apply_isa_from_environment
 
 __all__ = [
     "__version__",
+    "binary_cross_entropy",
+    "binary_cross_entropy_probs",
+    "binary_cross_entropy_with_grad",
     "build_info",
+    "cross_entropy_probs",
+    "entropy",
+    "kl_divergence",
+    "log_sigmoid",
+    "sigmoid",
     "cross_entropy",
     "cross_entropy_with_grad",
     "get_num_threads",

@@ -6,7 +6,7 @@ shapes, dtypes, ranges and layouts. This module only turns arrays into the
 C problem description and runs it with the GIL released.
 """
 cimport numpy as cnp
-from libc.stdint cimport int64_t
+from libc.stdint cimport int64_t, uint8_t
 
 cnp.import_array()
 
@@ -212,3 +212,154 @@ def check_targets(cnp.ndarray target, int64_t n_classes, int64_t ignore_index, c
     if weight is None:
         weight_sum = <double>counted
     return bad, counted, weight_sum
+
+
+# ---- the rest of the loss family (src/ce_family.h) ----------------------------
+
+cdef extern from "ce_family.h":
+    ctypedef enum ce_dist_mode:
+        CE_DIST_ENTROPY
+        CE_DIST_CROSS_ENTROPY
+        CE_DIST_KL
+    ctypedef struct ce_dist_problem:
+        ce_dtype dtype
+        ce_dist_mode mode
+        int64_t n_rows
+        int64_t n_cols
+        const void *p
+        int64_t p_stride
+        const void *q
+        int64_t q_stride
+        double *row_out
+        double *p_sum
+        double *q_sum
+        uint8_t *p_negative
+        uint8_t *q_negative
+    int ce_dist_run(const ce_dist_problem *problem, int n_threads) nogil
+    ctypedef enum ce_bce_mode:
+        CE_BCE_LOGITS
+        CE_BCE_PROBS
+    ctypedef struct ce_strided:
+        const void *data
+        int64_t row_stride
+        int64_t col_stride
+    ctypedef struct ce_bce_problem:
+        ce_dtype dtype
+        ce_bce_mode mode
+        int64_t n_rows
+        int64_t n_cols
+        const void *x
+        int64_t x_stride
+        const void *y
+        int64_t y_stride
+        ce_strided weight
+        ce_strided pos_weight
+        ce_strided grad_output
+        double grad_scale
+        void *elem_out
+        int64_t elem_out_stride
+        double *row_out
+        void *grad
+        int64_t grad_stride
+    int ce_bce_run(const ce_bce_problem *problem, int n_threads) nogil
+    ctypedef enum ce_sigmoid_mode:
+        CE_SIGMOID
+        CE_LOG_SIGMOID
+    int ce_sigmoid_run(ce_dtype dtype, ce_sigmoid_mode mode, const void *x, void *out,
+                       int64_t n, int n_threads) nogil
+
+
+DIST_ENTROPY = CE_DIST_ENTROPY
+DIST_CROSS_ENTROPY = CE_DIST_CROSS_ENTROPY
+DIST_KL = CE_DIST_KL
+BCE_LOGITS = CE_BCE_LOGITS
+BCE_PROBS = CE_BCE_PROBS
+SIGMOID = CE_SIGMOID
+LOG_SIGMOID = CE_LOG_SIGMOID
+
+
+cdef inline ce_dtype dtype_of(cnp.ndarray a):
+    return CE_FLOAT32 if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32 else CE_FLOAT64
+
+
+cdef inline ce_strided strided_of(cnp.ndarray a):
+    """A 2-D (possibly zero-strided) operand, or "all ones" for None."""
+    cdef ce_strided s
+    s.data = NULL
+    s.row_stride = 0
+    s.col_stride = 0
+    if a is not None:
+        s.data = cnp.PyArray_DATA(a)
+        s.row_stride = cnp.PyArray_STRIDE(a, 0) // cnp.PyArray_ITEMSIZE(a)
+        s.col_stride = cnp.PyArray_STRIDE(a, 1) // cnp.PyArray_ITEMSIZE(a)
+    return s
+
+
+def dist_run(int mode, cnp.ndarray p, cnp.ndarray q, cnp.ndarray row_out,
+             cnp.ndarray p_sum, cnp.ndarray q_sum, cnp.ndarray p_negative,
+             cnp.ndarray q_negative, int n_threads):
+    """Row reductions over distributions: p, q 2-D rows (last axis
+    contiguous); the other arrays contiguous, one entry per row."""
+    cdef ce_dist_problem pr
+    pr.dtype = dtype_of(p)
+    pr.mode = <ce_dist_mode>mode
+    pr.n_rows = cnp.PyArray_DIM(p, 0)
+    pr.n_cols = cnp.PyArray_DIM(p, 1)
+    pr.p = cnp.PyArray_DATA(p)
+    pr.p_stride = row_stride(p)
+    pr.q = data_or_null(q)
+    pr.q_stride = row_stride(q)
+    pr.row_out = <double *>cnp.PyArray_DATA(row_out)
+    pr.p_sum = <double *>data_or_null(p_sum)
+    pr.q_sum = <double *>data_or_null(q_sum)
+    pr.p_negative = <uint8_t *>data_or_null(p_negative)
+    pr.q_negative = <uint8_t *>data_or_null(q_negative)
+    cdef int status
+    with nogil:
+        status = ce_dist_run(&pr, n_threads)
+    if status != CE_OK:
+        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+
+
+def bce_run(int mode, cnp.ndarray x, cnp.ndarray y, cnp.ndarray weight,
+            cnp.ndarray pos_weight, cnp.ndarray grad_output, double grad_scale,
+            cnp.ndarray elem_out, cnp.ndarray row_out, cnp.ndarray grad, int n_threads):
+    """Binary cross-entropy over 2-D rows x, y (last axis contiguous);
+    weight, pos_weight (dtype of x) and grad_output (float64) are 2-D and
+    may have zero strides."""
+    cdef ce_bce_problem pr
+    pr.dtype = dtype_of(x)
+    pr.mode = <ce_bce_mode>mode
+    pr.n_rows = cnp.PyArray_DIM(x, 0)
+    pr.n_cols = cnp.PyArray_DIM(x, 1)
+    pr.x = cnp.PyArray_DATA(x)
+    pr.x_stride = row_stride(x)
+    pr.y = cnp.PyArray_DATA(y)
+    pr.y_stride = row_stride(y)
+    pr.weight = strided_of(weight)
+    pr.pos_weight = strided_of(pos_weight)
+    pr.grad_output = strided_of(grad_output)
+    pr.grad_scale = grad_scale
+    pr.elem_out = <void *>data_or_null(elem_out)
+    pr.elem_out_stride = row_stride(elem_out)
+    pr.row_out = <double *>data_or_null(row_out)
+    pr.grad = <void *>data_or_null(grad)
+    pr.grad_stride = row_stride(grad)
+    cdef int status
+    with nogil:
+        status = ce_bce_run(&pr, n_threads)
+    if status != CE_OK:
+        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+
+
+def sigmoid_run(int mode, cnp.ndarray x, cnp.ndarray out, int n_threads):
+    """Elementwise sigmoid / log-sigmoid of contiguous x into contiguous out."""
+    cdef int status
+    cdef ce_dtype dt = dtype_of(x)
+    cdef const void *src = cnp.PyArray_DATA(x)
+    cdef void *dst = cnp.PyArray_DATA(out)
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    with nogil:
+        status = ce_sigmoid_run(dt, <ce_sigmoid_mode>mode, src, dst, n, n_threads)
+    if status != CE_OK:
+        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")

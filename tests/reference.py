@@ -117,3 +117,87 @@ def numerical_grad(f, x, h=1e-5):
         flat[i] = orig
         gflat[i] = (-vals[0] + 8 * vals[1] - 8 * vals[2] + vals[3]) / (12 * h)
     return grad
+
+
+# ---- the rest of the family ---------------------------------------------------
+
+def entropy(p, base=None, axis=-1):
+    """-sum p log p, with 0 log 0 = 0."""
+    p = np.asarray(p, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(p), 0.0)
+    h = terms.sum(axis=axis)
+    return h / np.log(base) if base else h
+
+
+def cross_entropy_probs(p, q, base=None, axis=-1):
+    """-sum p log q, with 0 log q = 0 and p log 0 = -inf for p > 0."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, -p * np.log(q), 0.0)
+    h = terms.sum(axis=axis)
+    return h / np.log(base) if base else h
+
+
+def kl_divergence(p, q, base=None, axis=-1):
+    """sum p log(p / q), with 0 log(0 / q) = 0."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        terms = np.where(p > 0, p * np.log(p / q), 0.0)
+    d = terms.sum(axis=axis)
+    return d / np.log(base) if base else d
+
+
+def softplus(x):
+    """log(1 + exp(x)), written with logaddexp so large x does not overflow."""
+    return np.logaddexp(0.0, x)
+
+
+def sigmoid(x):
+    return np.exp(-softplus(-np.asarray(x, dtype=np.float64)))
+
+
+def _reduce(loss, reduction):
+    if reduction == "none":
+        return loss
+    if reduction == "sum":
+        return loss.sum()
+    return loss.mean() if loss.size else np.nan
+
+
+def binary_cross_entropy(x, y, weight=None, pos_weight=None, reduction="mean"):
+    """-w [pw y log sigmoid(x) + (1 - y) log(1 - sigmoid(x))], with
+    log sigmoid(x) = -softplus(-x) and log(1 - sigmoid(x)) = -softplus(x)."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = 1.0 if weight is None else np.asarray(weight, dtype=np.float64)
+    pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    loss = w * (pw * y * softplus(-x) + (1 - y) * softplus(x))
+    return _reduce(np.broadcast_to(loss, x.shape), reduction)
+
+
+def binary_cross_entropy_grad(x, y, weight=None, pos_weight=None, reduction="mean", grad_output=None):
+    """d/dx of the above: w [(1 - y) sigmoid(x) - pw y sigmoid(-x)]."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = 1.0 if weight is None else np.asarray(weight, dtype=np.float64)
+    pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    grad = np.broadcast_to(w * ((1 - y) * sigmoid(x) - pw * y * sigmoid(-x)), x.shape)
+    g = 1.0 if grad_output is None else np.asarray(grad_output, dtype=np.float64)
+    if reduction == "mean":
+        g = g / x.size
+    return grad * g
+
+
+def binary_cross_entropy_probs(p, y, weight=None, reduction="mean"):
+    """-w [y log p + (1 - y) log(1 - p)], each log clamped at -100 (PyTorch)."""
+    p = np.asarray(p, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = 1.0 if weight is None else np.asarray(weight, dtype=np.float64)
+    with np.errstate(divide="ignore"):
+        log_p = np.maximum(np.log(p), -100.0)
+        log_1mp = np.maximum(np.log(1 - p), -100.0)
+    loss = -w * (y * log_p + (1 - y) * log_1mp)
+    return _reduce(np.broadcast_to(loss, p.shape), reduction)

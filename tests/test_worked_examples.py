@@ -104,3 +104,60 @@ def test_doc004_binary_examples_as_two_class_softmax(y, p, expected_rounded):
     loss = ck.cross_entropy(logits, np.array(y))
     assert loss == pytest.approx(by_hand, rel=1e-12)
     assert round(float(loss), 5) == expected_rounded
+
+
+# ---- the rest of the family -------------------------------------------------------
+
+@pytest.mark.parametrize("heads,printed", [(0.488, 0.9996), (0.177, 0.6735)])
+def test_doc002_coin_entropy_in_bits(heads, printed):
+    by_hand = -(heads * math.log2(heads) + (1 - heads) * math.log2(1 - heads))
+    got = float(ck.entropy([heads, 1 - heads], base=2))
+    assert got == pytest.approx(by_hand, rel=1e-13)
+    assert round(got, 4) == printed
+
+
+@pytest.mark.parametrize("q,printed", PREDICTIONS_000)
+def test_doc000_with_cross_entropy_probs(q, printed):
+    got = float(ck.cross_entropy_probs([0.9, 0.1], q, base=2))
+    assert round(got, 3) == printed
+    assert got == pytest.approx(ce_bits([0.9, 0.1], q), rel=1e-12)
+
+
+def test_doc003_kl_is_cross_entropy_minus_entropy():
+    p, q = [0.9, 0.1], [0.8, 0.2]
+    by_hand = 0.9 * math.log2(0.9 / 0.8) + 0.1 * math.log2(0.1 / 0.2)
+    kl = float(ck.kl_divergence(p, q, base=2))
+    assert kl == pytest.approx(by_hand, rel=1e-13)
+    assert kl == pytest.approx(float(ck.cross_entropy_probs(p, q, base=2)) - float(ck.entropy(p, base=2)), rel=1e-12)
+    assert round(kl, 4) == 0.0529
+
+
+@pytest.mark.parametrize("y,p,expected_rounded", [
+    ([1, 0, 1], [0.9, 0.1, 0.7], 0.18913),
+    ([1, 0, 1, 0], [0.9, 0.1, 0.8, 0.2], 0.16425),   # printed as 0.3285... in document 004
+])
+def test_doc004_binary_cross_entropy(y, p, expected_rounded):
+    by_hand = -np.mean([math.log(pi) if yi else math.log(1 - pi) for yi, pi in zip(y, p)])
+    probs = float(ck.binary_cross_entropy_probs(np.array(p), np.array(y, dtype=float)))
+    logits = float(ck.binary_cross_entropy(np.log(np.array(p) / (1 - np.array(p))), np.array(y, dtype=float)))
+    assert probs == pytest.approx(by_hand, rel=1e-12)
+    assert logits == pytest.approx(by_hand, rel=1e-12)
+    assert round(probs, 5) == expected_rounded
+
+
+def test_doc004_categorical_with_cross_entropy_probs():
+    y_true = np.array([[1, 0, 0], [0, 1, 0], [0, 0, 1]], dtype=np.float64)
+    y_pred = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.2, 0.3, 0.5]])
+    assert float(np.mean(ck.cross_entropy_probs(y_true, y_pred))) == pytest.approx(0.4243218, rel=1e-6)
+
+
+def test_doc004_gradient_through_the_sigmoid():
+    """The document's gradient with respect to the probability,
+    -y/p + (1-y)/(1-p), times dp/dx = p(1-p) is p - y: the gradient
+    binary_cross_entropy_with_grad returns with respect to the logit."""
+    y = np.array([1.0, 0.0, 1.0, 0.0])
+    p = np.array([0.9, 0.1, 0.8, 0.2])
+    d_dp = -y / p + (1 - y) / (1 - p)
+    _, grad = ck.binary_cross_entropy_with_grad(np.log(p / (1 - p)), y, reduction="none")
+    np.testing.assert_allclose(grad, d_dp * p * (1 - p), rtol=1e-12)
+    np.testing.assert_allclose(grad, p - y, rtol=1e-12, atol=1e-15)

@@ -1,0 +1,188 @@
+/*
+ * Entropy, cross-entropy between distributions, KL divergence, binary
+ * cross-entropy, sigmoid and log-sigmoid (see ce_family.h).
+ */
+#include <math.h>
+#include <stddef.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "ce_family.h"
+#include "ce_internal.h"
+
+static inline double load_elem(const void *base, int64_t idx, ce_dtype dtype)
+{
+    return dtype == CE_FLOAT32 ? (double)((const float *)base)[idx] : ((const double *)base)[idx];
+}
+
+static inline void store_elem(void *base, int64_t idx, double value, ce_dtype dtype)
+{
+    if (dtype == CE_FLOAT32)
+        ((float *)base)[idx] = (float)value;
+    else
+        ((double *)base)[idx] = value;
+}
+
+/* Threads for a call over total elements: small work stays on one. */
+static int threads_for(int64_t total, int n_threads)
+{
+    int nt = n_threads > 0 ? n_threads : ce_default_threads();
+    if (total < CE_PARALLEL_THRESHOLD || !ce_openmp_enabled()) nt = 1;
+    return nt;
+}
+
+/* ---- distributions ------------------------------------------------------ */
+
+/* p * log(p / q) with the conventions 0 * log(0 / q) = 0 and
+ * p * log(p / 0) = +inf for p > 0. */
+static inline double rel_entr(double p, double q)
+{
+    if (p == 0.0 && q >= 0.0) return 0.0;
+    if (p > 0.0 && q > 0.0) return p * log(p / q);
+    if (p > 0.0 && q == 0.0) return INFINITY;
+    return NAN;  /* a negative entry or NaN (validation reports it) */
+}
+
+static void dist_row(const ce_dist_problem *pr, int64_t r)
+{
+    const char *p = (const char *)pr->p + r * pr->p_stride * (int64_t)(pr->dtype == CE_FLOAT32 ? 4 : 8);
+    const char *q = pr->q ? (const char *)pr->q + r * pr->q_stride * (int64_t)(pr->dtype == CE_FLOAT32 ? 4 : 8)
+                          : NULL;
+    double total = 0.0, p_sum = 0.0, q_sum = 0.0;
+    int p_neg = 0, q_neg = 0;
+    for (int64_t j = 0; j < pr->n_cols; ++j) {
+        const double pj = load_elem(p, j, pr->dtype);
+        const double qj = q ? load_elem(q, j, pr->dtype) : 0.0;
+        p_sum += pj;
+        q_sum += qj;
+        p_neg |= pj < 0.0;
+        q_neg |= qj < 0.0;
+        switch (pr->mode) {
+        case CE_DIST_ENTROPY:
+            /* -p log p: rel_entr(p, 1) = p log p */
+            total -= rel_entr(pj, 1.0);
+            break;
+        case CE_DIST_CROSS_ENTROPY:
+            if (pj != 0.0) total -= qj > 0.0 ? pj * log(qj) : (qj == 0.0 && pj > 0.0 ? -INFINITY : NAN);
+            break;
+        case CE_DIST_KL:
+            total += rel_entr(pj, qj);
+            break;
+        }
+    }
+    pr->row_out[r] = total;
+    if (pr->p_sum) pr->p_sum[r] = p_sum;
+    if (pr->q_sum) pr->q_sum[r] = q_sum;
+    if (pr->p_negative) pr->p_negative[r] = (uint8_t)p_neg;
+    if (pr->q_negative) pr->q_negative[r] = (uint8_t)q_neg;
+}
+
+int ce_dist_run(const ce_dist_problem *pr, int n_threads)
+{
+    if (pr->n_rows < 0 || pr->n_cols < 0) return CE_ERR_ARGS;
+    const int nt = threads_for(pr->n_rows * pr->n_cols, n_threads);
+    (void)nt;
+#ifdef _OPENMP
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (int64_t r = 0; r < pr->n_rows; ++r) dist_row(pr, r);
+    return CE_OK;
+}
+
+/* ---- binary cross-entropy ---------------------------------------------- */
+
+/* log(1 + exp(-x)), stably for any x. */
+static inline double softplus_neg(double x)
+{
+    return log1p(exp(-fabs(x))) + (x < 0.0 ? -x : 0.0);
+}
+
+/* 1 / (1 + exp(x)) = sigmoid(-x), stably. */
+static inline double sigmoid_neg(double x)
+{
+    if (x >= 0.0) {
+        const double e = exp(-x);
+        return e / (1.0 + e);
+    }
+    return 1.0 / (1.0 + exp(x));
+}
+
+static inline double strided_value(const ce_strided *s, int64_t r, int64_t j, ce_dtype dtype)
+{
+    if (s->data == NULL) return 1.0;
+    return load_elem(s->data, r * s->row_stride + j * s->col_stride, dtype);
+}
+
+static void bce_row(const ce_bce_problem *pr, int64_t r)
+{
+    const size_t es = pr->dtype == CE_FLOAT32 ? 4 : 8;
+    const char *x = (const char *)pr->x + r * pr->x_stride * (int64_t)es;
+    const char *y = (const char *)pr->y + r * pr->y_stride * (int64_t)es;
+    char *elem = pr->elem_out ? (char *)pr->elem_out + r * pr->elem_out_stride * (int64_t)es : NULL;
+    char *grad = pr->grad ? (char *)pr->grad + r * pr->grad_stride * (int64_t)es : NULL;
+    double row_sum = 0.0;
+    for (int64_t j = 0; j < pr->n_cols; ++j) {
+        const double xj = load_elem(x, j, pr->dtype);
+        const double yj = load_elem(y, j, pr->dtype);
+        const double w = strided_value(&pr->weight, r, j, pr->dtype);
+        double loss;
+        if (pr->mode == CE_BCE_LOGITS) {
+            const double pw = strided_value(&pr->pos_weight, r, j, pr->dtype);
+            const double log_weight = 1.0 + (pw - 1.0) * yj;
+            loss = w * ((1.0 - yj) * xj + log_weight * softplus_neg(xj));
+            if (grad) {
+                const double g = pr->grad_output.data
+                                     ? ((const double *)pr->grad_output.data)[r * pr->grad_output.row_stride +
+                                                                             j * pr->grad_output.col_stride]
+                                     : 1.0;
+                const double d = w * ((1.0 - yj) - log_weight * sigmoid_neg(xj));
+                store_elem(grad, j, d * pr->grad_scale * g, pr->dtype);
+            }
+        } else {
+            /* PyTorch clamps each log at -100 so that p = 0 or 1 stays finite. */
+            const double log_p = fmax(log(xj), -100.0);
+            const double log_1mp = fmax(log1p(-xj), -100.0);
+            loss = -w * (yj * log_p + (1.0 - yj) * log_1mp);
+        }
+        if (elem) store_elem(elem, j, loss, pr->dtype);
+        row_sum += loss;
+    }
+    if (pr->row_out) pr->row_out[r] = row_sum;
+}
+
+int ce_bce_run(const ce_bce_problem *pr, int n_threads)
+{
+    if (pr->n_rows < 0 || pr->n_cols < 0) return CE_ERR_ARGS;
+    const int nt = threads_for(pr->n_rows * pr->n_cols, n_threads);
+    (void)nt;
+#ifdef _OPENMP
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (int64_t r = 0; r < pr->n_rows; ++r) bce_row(pr, r);
+    return CE_OK;
+}
+
+/* ---- sigmoid ------------------------------------------------------------ */
+
+int ce_sigmoid_run(ce_dtype dtype, ce_sigmoid_mode mode, const void *x, void *out,
+                   int64_t n, int n_threads)
+{
+    if (n < 0) return CE_ERR_ARGS;
+    const int nt = threads_for(n, n_threads);
+    (void)nt;
+#ifdef _OPENMP
+    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+#endif
+    for (int64_t i = 0; i < n; ++i) {
+        const double v = load_elem(x, i, dtype);
+        double result;
+        if (mode == CE_SIGMOID)
+            result = sigmoid_neg(-v);
+        else
+            result = -softplus_neg(v);   /* log sigmoid(v) = -log(1 + exp(-v)) */
+        store_elem(out, i, result, dtype);
+    }
+    return CE_OK;
+}
