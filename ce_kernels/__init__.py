@@ -8,7 +8,15 @@ with OpenMP threads and SIMD chosen at run time for the CPU.
 >>> target = np.array([1, 0, 9, 3])
 >>> loss, grad = ck.cross_entropy_with_grad(logits, target)
 """
-from ._api import cross_entropy, cross_entropy_with_grad, log_softmax, logsumexp, softmax
+from ._api import (
+    TokenStats,
+    cross_entropy,
+    cross_entropy_with_grad,
+    log_softmax,
+    logsumexp,
+    softmax,
+    token_stats,
+)
 from ._family import (
     binary_cross_entropy,
     binary_cross_entropy_probs,
@@ -33,6 +41,7 @@ _apply_isa_from_environment()
 del _apply_isa_from_environment
 
 __all__ = [
+    "TokenStats",
     "__version__",
     "binary_cross_entropy",
     "binary_cross_entropy_probs",
@@ -52,4 +61,5 @@ __all__ = [
     "set_isa",
     "set_num_threads",
     "softmax",
+    "token_stats",
 ]

@@ -5,7 +5,7 @@ The arithmetic happens in C (``src/``) through the bridge in ``_core.pyx``.
 from __future__ import annotations
 
 import math
-from typing import Any, Optional, Tuple
+from typing import Any, NamedTuple, Optional, Tuple
 
 import numpy as np
 
@@ -14,6 +14,8 @@ from . import _threads
 from . import _validation as v
 
 __all__ = [
+    "TokenStats",
+    "token_stats",
     "cross_entropy",
     "cross_entropy_with_grad",
     "log_softmax",
@@ -51,11 +53,13 @@ def _prepare_targets(target: Any, logits: np.ndarray, weight: Optional[np.ndarra
 
 def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
                label_smoothing: Any, num_threads: Any, want_grad: bool,
-               grad_output: Any = None, out: Any = None):
-    x = v.as_float_array(logits, "logits")
+               grad_output: Any = None, out: Any = None, z_loss: Any = 0.0, softcap: Any = None):
+    x = v.as_float_array(logits, "logits", allow_half=True)
     reduction = v.check_reduction(reduction)
     smoothing = v.check_label_smoothing(label_smoothing)
     ignore_index = v.check_ignore_index(ignore_index)
+    z = v.check_z_loss(z_loss) if z_loss != 0.0 else 0.0
+    cap = v.check_softcap(softcap)
     n_threads = _threads.resolve(num_threads)
     dtype = x.dtype.newbyteorder("=")
     n_classes = x.shape[-1]
@@ -86,14 +90,15 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
     rows = v.rows_view(x)
     row_loss = np.empty(rows.shape[0], dtype=np.float64)
     _core.run(
-        _core.MODE_LOSS_GRAD if want_grad else _core.MODE_LOSS,
+        _core.MODE_LOSS_GRAD if want_grad else _core.MODE_LOSS, v.dtype_code(dtype),
         rows, grad_rows, targets.hard, ignore_index, targets.soft, w,
         float(np.sum(w, dtype=np.float64)) if w is not None else float(n_classes),
-        smoothing, scale, row_scale, row_loss, n_threads,
+        smoothing, scale, row_scale, row_loss, n_threads, z, cap,
     )
     if want_grad and not grad_is_view:
         out_arr[...] = grad_rows.reshape(x.shape)
-    loss = _reduce(row_loss, reduction, targets.mean_denominator, batch_shape, dtype)
+    loss = _reduce(row_loss, reduction, targets.mean_denominator, batch_shape,
+                   v.result_dtype(dtype))
     return (loss, out_arr) if want_grad else loss
 
 
@@ -133,6 +138,7 @@ def _ieee_divide(a: float, b: float) -> float:
 
 def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
                   reduction: str = "mean", label_smoothing: float = 0.0,
+                  z_loss: float = 0.0, softcap: Optional[float] = None,
                   num_threads: Optional[int] = None):
     """Softmax cross-entropy between logits and targets.
 
@@ -141,9 +147,11 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
 
     Parameters
     ----------
-    logits : array_like of float32 or float64, shape (..., V)
+    logits : array_like of float32, float64, float16 or bfloat16, shape (..., V)
         Unnormalised scores. Any layout and byte order; copied only when the
         last axis is not contiguous or the byte order is not native.
+        Half-precision logits (``ml_dtypes.bfloat16`` for bfloat16) are
+        read as they are and computed in float32.
     target : array_like
         Either integer class indices of shape ``logits.shape[:-1]`` (any
         integer dtype), or probabilities of shape ``logits.shape`` (float;
@@ -160,6 +168,13 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     label_smoothing : float in [0, 1], default 0.0
         Mixes the target with the uniform distribution:
         ``(1 - eps) * target + eps / V``.
+    z_loss : float >= 0, default 0.0
+        Adds ``z_loss * logsumexp(logits)**2`` to the loss of every position
+        that is not ignored (the auxiliary loss of PaLM); reduced like the
+        main loss (unweighted per position, same mean denominator).
+    softcap : float > 0, optional
+        Replaces the logits by ``softcap * tanh(logits / softcap)`` before
+        the softmax (as in Gemma 2), on the fly; the gradient goes through it.
     num_threads : int, optional
         Threads to use. ``None`` means the value of :func:`set_num_threads`
         if set, else what OpenMP would use (``OMP_NUM_THREADS``,
@@ -168,7 +183,8 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     Returns
     -------
     loss : numpy scalar or ndarray
-        In the dtype of ``logits``; computed internally in float64 per row.
+        In the dtype of ``logits`` (float32 for half-precision logits);
+        computed internally in float64 per row.
         A mean over zero positions (all ignored, or an empty batch) is NaN;
         a sum over none is 0.
 
@@ -199,12 +215,13 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     0.417030
     """
     return _loss_call(logits, target, weight, ignore_index, reduction, label_smoothing,
-                      num_threads, want_grad=False)
+                      num_threads, want_grad=False, z_loss=z_loss, softcap=softcap)
 
 
 def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
                             ignore_index: int = -100, reduction: str = "mean",
-                            label_smoothing: float = 0.0, grad_output: Any = None,
+                            label_smoothing: float = 0.0, z_loss: float = 0.0,
+                            softcap: Optional[float] = None, grad_output: Any = None,
                             out: Optional[np.ndarray] = None,
                             num_threads: Optional[int] = None):
     """Cross-entropy and its gradient with respect to the logits, in one pass.
@@ -229,8 +246,9 @@ def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
     loss : numpy scalar or ndarray
         As :func:`cross_entropy`.
     grad : ndarray
-        ``d loss / d logits``, same shape and dtype as ``logits``; ``out``
-        when given. Ignored positions have a gradient of exactly 0.
+        ``d loss / d logits``, same shape and dtype as ``logits`` (half
+        precision too); ``out`` when given. Ignored positions have a
+        gradient of exactly 0.
 
     Examples
     --------
@@ -241,7 +259,8 @@ def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
     array([[ 0.5, -0.5]])
     """
     return _loss_call(logits, target, weight, ignore_index, reduction, label_smoothing,
-                      num_threads, want_grad=True, grad_output=grad_output, out=out)
+                      num_threads, want_grad=True, grad_output=grad_output, out=out,
+                      z_loss=z_loss, softcap=softcap)
 
 
 def _moved_rows(x: np.ndarray, axis: int) -> np.ndarray:
@@ -249,7 +268,7 @@ def _moved_rows(x: np.ndarray, axis: int) -> np.ndarray:
 
 
 def _normalize_call(mode: int, x: Any, axis: Any, out: Any, name: str):
-    arr = v.as_float_array(x, "x")
+    arr = v.as_float_array(x, "x", allow_half=True)
     ax = v.check_axis(axis, arr.ndim)
     dtype = arr.dtype.newbyteorder("=")
     if out is None:
@@ -261,8 +280,8 @@ def _normalize_call(mode: int, x: Any, axis: Any, out: Any, name: str):
         return result
     moved = np.moveaxis(result, ax, -1)
     rows_out, is_view = _writable_rows(moved)
-    _core.run(mode, _moved_rows(arr, ax), rows_out, None, 0, None, None, 0.0, 0.0, 1.0,
-              None, None, _threads.resolve(None))
+    _core.run(mode, v.dtype_code(dtype), _moved_rows(arr, ax), rows_out, None, 0, None, None,
+              0.0, 0.0, 1.0, None, None, _threads.resolve(None))
     if not is_view:
         moved[...] = rows_out.reshape(moved.shape)
     return result
@@ -315,19 +334,87 @@ def logsumexp(x: Any, axis: int = -1):
     Returns
     -------
     numpy scalar or ndarray
-        Shape of ``x`` without ``axis``, dtype of ``x``. An empty axis gives
-        ``-inf``.
+        Shape of ``x`` without ``axis``, dtype of ``x`` (float32 for half
+        precision). An empty axis gives ``-inf``.
     """
-    arr = v.as_float_array(x, "x")
+    arr = v.as_float_array(x, "x", allow_half=True)
     ax = v.check_axis(axis, arr.ndim)
     dtype = arr.dtype.newbyteorder("=")
+    out_dtype = v.result_dtype(dtype)
     out_shape = arr.shape[:ax] + arr.shape[ax + 1:]
     if arr.shape[ax] == 0:
-        result = np.full(out_shape, -np.inf, dtype=dtype)
+        result = np.full(out_shape, -np.inf, dtype=out_dtype)
     else:
         rows = _moved_rows(arr, ax)
         lse = np.empty(rows.shape[0], dtype=np.float64)
-        _core.run(_core.MODE_LOGSUMEXP, rows, None, None, 0, None, None, 0.0, 0.0, 1.0,
-                  None, lse, _threads.resolve(None))
-        result = lse.astype(dtype).reshape(out_shape)
+        _core.run(_core.MODE_LOGSUMEXP, v.dtype_code(dtype), rows, None, None, 0, None, None,
+                  0.0, 0.0, 1.0, None, lse, _threads.resolve(None))
+        result = lse.astype(out_dtype).reshape(out_shape)
     return result[()] if result.ndim == 0 else result
+
+
+class TokenStats(NamedTuple):
+    """Per-position statistics of :func:`token_stats`, each of shape
+    ``logits.shape[:-1]``."""
+
+    nll: np.ndarray
+    """Negative log-likelihood of the target (nats, float32); NaN where the
+    target is ``ignore_index``, so ``np.nanmean(nll)`` is the mean NLL."""
+    predicted: np.ndarray
+    """Index of the largest logit (int64; the first one on ties, as NumPy)."""
+    correct: np.ndarray
+    """``predicted == target`` (bool); False where the target is ignored."""
+    entropy: np.ndarray
+    """Entropy of the predicted distribution (nats, float32)."""
+
+
+def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
+                num_threads: Optional[int] = None) -> TokenStats:
+    """NLL, argmax prediction, correctness and entropy of every position, in
+    one pass over each row of logits.
+
+    Parameters
+    ----------
+    logits : array_like of float32, float64, float16 or bfloat16, shape (..., V)
+    target : array_like of int, shape ``logits.shape[:-1]``
+        Class indices; positions equal to ``ignore_index`` are flagged (NaN
+        NLL, ``correct`` False), not dropped.
+    ignore_index : int, default -100
+    num_threads : int, optional
+
+    Returns
+    -------
+    TokenStats
+        ``(nll, predicted, correct, entropy)``. Perplexity is
+        ``exp(np.nanmean(nll))``; accuracy ``correct.sum() / counted``.
+
+    Examples
+    --------
+    >>> import numpy as np, ce_kernels as ck
+    >>> stats = ck.token_stats(np.log([[0.7, 0.2, 0.1]]), np.array([1]))
+    >>> int(stats.predicted[0]), bool(stats.correct[0])
+    (0, False)
+    """
+    x = v.as_float_array(logits, "logits", allow_half=True)
+    ignore_index = v.check_ignore_index(ignore_index)
+    n_threads = _threads.resolve(num_threads)
+    dtype = x.dtype.newbyteorder("=")
+    if x.shape[-1] == 0:
+        raise ValueError("logits must have at least one class (its last axis has length 0)")
+    try:
+        t = np.asarray(target)
+    except Exception as exc:
+        raise TypeError(f"target must be array-like: {exc}") from None
+    if t.dtype.kind not in "iu":
+        raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
+    hard, _ = v.hard_targets(t, x.shape[:-1], x.shape[-1], ignore_index, None)
+    rows = v.rows_view(x)
+    n = rows.shape[0]
+    nll, ent = np.empty(n), np.empty(n)
+    predicted = np.empty(n, dtype=np.int64)
+    _core.run(_core.MODE_TOKEN_STATS, v.dtype_code(dtype), rows, None, hard, ignore_index,
+              None, None, 0.0, 0.0, 1.0, None, nll, n_threads, 0.0, 0.0, ent, predicted)
+    shape = x.shape[:-1]
+    correct = (predicted == hard) & (hard != ignore_index)
+    return TokenStats(nll.astype(np.float32).reshape(shape), predicted.reshape(shape),
+                      correct.reshape(shape), ent.astype(np.float32).reshape(shape))

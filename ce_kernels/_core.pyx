@@ -14,12 +14,15 @@ cdef extern from "ce_kernels.h":
     ctypedef enum ce_dtype:
         CE_FLOAT32
         CE_FLOAT64
+        CE_FLOAT16
+        CE_BFLOAT16
     ctypedef enum ce_mode:
         CE_MODE_LOSS
         CE_MODE_LOSS_GRAD
         CE_MODE_LOGSUMEXP
         CE_MODE_SOFTMAX
         CE_MODE_LOG_SOFTMAX
+        CE_MODE_TOKEN_STATS
     ctypedef enum ce_isa:
         CE_ISA_BASELINE
         CE_ISA_AVX2
@@ -40,9 +43,13 @@ cdef extern from "ce_kernels.h":
         const void *weight
         double weight_sum
         double smoothing
+        double z_loss
+        double softcap
         double grad_scale
         const double *row_scale
         double *row_out
+        double *row_entropy
+        int64_t *row_argmax
     int CE_OK
     int CE_ERR_NOMEM
     int ce_run(const ce_problem *problem, int n_threads) nogil
@@ -64,6 +71,11 @@ MODE_LOSS_GRAD = CE_MODE_LOSS_GRAD
 MODE_LOGSUMEXP = CE_MODE_LOGSUMEXP
 MODE_SOFTMAX = CE_MODE_SOFTMAX
 MODE_LOG_SOFTMAX = CE_MODE_LOG_SOFTMAX
+MODE_TOKEN_STATS = CE_MODE_TOKEN_STATS
+DTYPE_FLOAT32 = CE_FLOAT32
+DTYPE_FLOAT64 = CE_FLOAT64
+DTYPE_FLOAT16 = CE_FLOAT16
+DTYPE_BFLOAT16 = CE_BFLOAT16
 
 ISA_NAMES = {int(CE_ISA_BASELINE): ce_isa_name(CE_ISA_BASELINE).decode(),
              int(CE_ISA_AVX2): ce_isa_name(CE_ISA_AVX2).decode(),
@@ -81,18 +93,21 @@ cdef inline int64_t row_stride(cnp.ndarray a):
     return cnp.PyArray_STRIDE(a, 0) // cnp.PyArray_ITEMSIZE(a)
 
 
-def run(int mode, cnp.ndarray x, cnp.ndarray out, cnp.ndarray target,
+def run(int mode, int dtype, cnp.ndarray x, cnp.ndarray out, cnp.ndarray target,
         int64_t ignore_index, cnp.ndarray soft, cnp.ndarray weight,
         double weight_sum, double smoothing, double grad_scale,
-        cnp.ndarray row_scale, cnp.ndarray row_out, int n_threads):
+        cnp.ndarray row_scale, cnp.ndarray row_out, int n_threads,
+        double z_loss=0.0, double softcap=0.0, cnp.ndarray row_entropy=None,
+        cnp.ndarray row_argmax=None):
     """Run one kernel call.
 
     ``x`` (and ``out``, ``soft``) are 2-D, native, aligned, with a
-    contiguous last axis; ``target`` is int64, ``row_scale`` and ``row_out``
-    float64, all contiguous; ``weight`` has the dtype of ``x``.
+    contiguous last axis and element type ``dtype`` (a DTYPE_* code);
+    ``target`` and ``row_argmax`` are int64, ``row_scale``, ``row_out`` and
+    ``row_entropy`` float64, all contiguous; ``weight`` has the dtype of ``x``.
     """
     cdef ce_problem p
-    p.dtype = CE_FLOAT32 if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32 else CE_FLOAT64
+    p.dtype = <ce_dtype>dtype
     p.mode = <ce_mode>mode
     p.n_rows = cnp.PyArray_DIM(x, 0)
     p.n_cols = cnp.PyArray_DIM(x, 1)
@@ -107,9 +122,13 @@ def run(int mode, cnp.ndarray x, cnp.ndarray out, cnp.ndarray target,
     p.weight = data_or_null(weight)
     p.weight_sum = weight_sum
     p.smoothing = smoothing
+    p.z_loss = z_loss
+    p.softcap = softcap
     p.grad_scale = grad_scale
     p.row_scale = <const double *>data_or_null(row_scale)
     p.row_out = <double *>data_or_null(row_out)
+    p.row_entropy = <double *>data_or_null(row_entropy)
+    p.row_argmax = <int64_t *>data_or_null(row_argmax)
     cdef int status
     with nogil:
         status = ce_run(&p, n_threads)

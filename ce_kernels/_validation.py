@@ -15,15 +15,46 @@ import numpy as np
 from . import _core
 
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+HALF_DTYPE_NAMES = ("float16", "bfloat16")
 REDUCTIONS = ("mean", "sum", "none")
 
 
-def as_float_array(value: Any, name: str) -> np.ndarray:
-    """``value`` as a float32/float64 ndarray with at least one dimension."""
+def is_bfloat16(dtype: np.dtype) -> bool:
+    """The ml_dtypes bfloat16 NumPy dtype (recognised without importing ml_dtypes)."""
+    return dtype.name == "bfloat16" and dtype.itemsize == 2
+
+
+def is_half(dtype: np.dtype) -> bool:
+    return dtype == np.float16 or is_bfloat16(dtype)
+
+
+def dtype_code(dtype: np.dtype) -> int:
+    """The kernels' code for a (native) supported dtype."""
+    if dtype == np.float32:
+        return _core.DTYPE_FLOAT32
+    if dtype == np.float64:
+        return _core.DTYPE_FLOAT64
+    if dtype == np.float16:
+        return _core.DTYPE_FLOAT16
+    return _core.DTYPE_BFLOAT16
+
+
+def result_dtype(dtype: np.dtype) -> np.dtype:
+    """Losses and statistics: float32 for half-precision inputs."""
+    return np.dtype(np.float32) if is_half(dtype) else dtype
+
+
+def as_float_array(value: Any, name: str, allow_half: bool = False) -> np.ndarray:
+    """``value`` as a float32/float64 ndarray with at least one dimension
+    (also float16 and bfloat16 when ``allow_half``)."""
     try:
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} must be array-like of floats: {exc}") from None
+    if allow_half and is_half(arr.dtype.newbyteorder("=")):
+        if arr.ndim == 0:
+            raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
+        return arr
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} must be real floating point, got complex dtype {arr.dtype}")
@@ -35,7 +66,8 @@ def as_float_array(value: Any, name: str) -> np.ndarray:
     if kind != "f":
         raise TypeError(f"{name} must be a numeric floating-point array, got dtype {arr.dtype}")
     if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
-        raise TypeError(f"{name} has dtype {arr.dtype}; supported dtypes are float32 and float64")
+        supported = "float32, float64, float16 and bfloat16" if allow_half else "float32 and float64"
+        raise TypeError(f"{name} has dtype {arr.dtype}; supported dtypes are {supported}")
     if arr.ndim == 0:
         raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
     return arr
@@ -84,6 +116,27 @@ def check_label_smoothing(label_smoothing: Any) -> float:
     return value
 
 
+def check_z_loss(z_loss: Any) -> float:
+    if isinstance(z_loss, bool) or not isinstance(z_loss, numbers.Real):
+        raise TypeError(f"z_loss must be a non-negative float, got {z_loss!r}")
+    value = float(z_loss)
+    if not (value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"z_loss must be a finite number >= 0, got {z_loss!r}")
+    return value
+
+
+def check_softcap(softcap: Any) -> float:
+    """0.0 for no soft-capping, else the validated positive cap."""
+    if softcap is None:
+        return 0.0
+    if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
+        raise TypeError(f"softcap must be None or a positive float, got {softcap!r}")
+    value = float(softcap)
+    if not (value > 0.0 and math.isfinite(value)):
+        raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    return value
+
+
 def check_ignore_index(ignore_index: Any) -> int:
     if type(ignore_index) is int and -(2**63) <= ignore_index < 2**63:
         return ignore_index  # the common case, without the slower ABC checks
@@ -127,6 +180,8 @@ def hard_targets(target: np.ndarray, batch_shape: Tuple[int, ...], n_classes: in
         flat = int(np.argmax(target.reshape(-1) >= 2**63))
         _raise_bad_target(target, flat, batch_shape, n_classes, ignore_index)
     flat_targets = np.ascontiguousarray(target.reshape(-1), dtype=np.int64)
+    if weight is not None and weight.dtype not in SUPPORTED_DTYPES:
+        weight = weight.astype(np.float32)  # the scan reads float32 or float64
     bad, _, denominator = _core.check_targets(flat_targets, n_classes, ignore_index, weight)
     if bad >= 0:
         _raise_bad_target(target, bad, batch_shape, n_classes, ignore_index)

@@ -28,18 +28,25 @@
  * second thread costs more than the work. */
 #define CE_PARALLEL_THRESHOLD 32768
 
-/* The weighted linear term of a row: a[j] = w[j] * (y_mul * y[j] + y_add),
+/* Options of the chunk kernels for one chunk.
+ *
+ * The weighted linear term of a row: a[j] = w[j] * (y_mul * y[j] + y_add),
  * where a missing w or y counts as 1; w and y have the element type of x.
- * The chunk kernels accumulate sum_j a[j] * (shift - x[j]) (skipping
+ * When active, the kernels accumulate sum_j a[j] * (shift - x[j]) (skipping
  * a[j] == 0) and sum_j a[j]: measured from the chunk's maximum, every term
- * is non-negative and nothing cancels. */
+ * is non-negative and nothing cancels.
+ *
+ * softcap > 0 replaces every logit x by softcap * tanh(x / softcap) first.
+ * entropy asks for sum_j e[j] * (shift - x[j]) with e = exp(x - shift). */
 typedef struct {
-    int active;          /* 0: do not compute the linear sums          */
+    int active;          /* compute the linear sums                    */
     const void *w;       /* weights of this chunk's classes, or NULL   */
     const void *y;       /* soft targets of this chunk, or NULL        */
     double y_mul;
     double y_add;
-} ce_lin;
+    double softcap;      /* 0: none                                    */
+    int entropy;         /* accumulate the entropy term                */
+} ce_chunk_opts;
 
 /* What one chunk contributes to its row. */
 typedef struct {
@@ -48,30 +55,36 @@ typedef struct {
     double sumexp;   /* sum_j exp(x[j] - shift)                            */
     double lin;      /* sum_j a[j] * (shift - x[j]), a[j] == 0 terms skipped */
     double asum;     /* sum_j a[j]                                         */
+    double ent;      /* sum_j e[j] * (shift - x[j]), e[j] == 0 terms skipped */
 } ce_chunk_stats;
 
 /* The chunk kernels of one element type on one instruction set. */
 typedef struct {
-    /* First sweep: stats of x[0:n]; stores exp(x - max) into e when e is
+    /* First sweep: stats of x[0:n]; stores exp(x - shift) into e when e is
      * not NULL (e may equal x). */
-    void (*stats)(const void *x, int64_t n, void *e, const ce_lin *lin,
+    void (*stats)(const void *x, int64_t n, void *e, const ce_chunk_opts *opts,
                   ce_chunk_stats *st);
     /* Second sweep for gradients and softmax: out = out * f - c * a. */
-    void (*rescale)(void *out, int64_t n, double f, double c, const ce_lin *lin);
+    void (*rescale)(void *out, int64_t n, double f, double c, const ce_chunk_opts *opts);
+    /* Second sweep with soft-capping (nothing stored by the first):
+     * out = (exp(x' - shift) * f - c * a) * (1 - (x' / cap)^2), x' capped;
+     * out may equal x. */
+    void (*rescale_capped)(const void *x, void *out, int64_t n, double shift, double f,
+                           double c, const ce_chunk_opts *opts);
     /* Second sweep for log-softmax: out = (x - max) - log_sum (out may equal x). */
     void (*shift)(const void *x, int64_t n, void *out, double max, double log_sum);
-    /* exp on an array, for measuring its accuracy. */
+    /* exp on an array, for measuring its accuracy (float32/float64 only). */
     void (*exp_array)(const void *x, void *y, int64_t n);
 } ce_leaf;
 
 #define CE_DECLARE_LEAF(name) extern const ce_leaf name;
-CE_DECLARE_LEAF(ce_leaf_f32_baseline)
-CE_DECLARE_LEAF(ce_leaf_f64_baseline)
+#define CE_DECLARE_LEAVES(isa) \
+    CE_DECLARE_LEAF(ce_leaf_f32_##isa) CE_DECLARE_LEAF(ce_leaf_f64_##isa) \
+    CE_DECLARE_LEAF(ce_leaf_f16_##isa) CE_DECLARE_LEAF(ce_leaf_bf16_##isa)
+CE_DECLARE_LEAVES(baseline)
 #if defined(CE_HAVE_X86_DISPATCH)
-CE_DECLARE_LEAF(ce_leaf_f32_avx2)
-CE_DECLARE_LEAF(ce_leaf_f64_avx2)
-CE_DECLARE_LEAF(ce_leaf_f32_avx512)
-CE_DECLARE_LEAF(ce_leaf_f64_avx512)
+CE_DECLARE_LEAVES(avx2)
+CE_DECLARE_LEAVES(avx512)
 #endif
 
 #endif /* CE_INTERNAL_H */

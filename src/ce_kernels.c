@@ -5,7 +5,7 @@
  *
  * Each row is two sweeps over its chunks:
  *   1. per chunk: max, sum of exp(x - max) (stored to the output when a
- *      gradient or softmax is wanted) and the linear sums of ce_lin;
+ *      gradient or softmax is wanted) and the sums of ce_chunk_opts;
  *   2. per chunk: the stored exponentials rescaled by one factor per chunk
  *      into the gradient or softmax (or x - logsumexp for log-softmax).
  * So exp is evaluated once per element, and the second sweep reads what
@@ -23,17 +23,20 @@
 
 /* ---- instruction-set dispatch ----------------------------------------- */
 
+#define CE_LEAF_OF(isa, dtype)                                               \
+    ((dtype) == CE_FLOAT32 ? &ce_leaf_f32_##isa :                            \
+     (dtype) == CE_FLOAT64 ? &ce_leaf_f64_##isa :                            \
+     (dtype) == CE_FLOAT16 ? &ce_leaf_f16_##isa : &ce_leaf_bf16_##isa)
+
 static const ce_leaf *leaf_for(ce_isa isa, ce_dtype dtype)
 {
 #if defined(CE_HAVE_X86_DISPATCH)
-    if (isa == CE_ISA_AVX512)
-        return dtype == CE_FLOAT32 ? &ce_leaf_f32_avx512 : &ce_leaf_f64_avx512;
-    if (isa == CE_ISA_AVX2)
-        return dtype == CE_FLOAT32 ? &ce_leaf_f32_avx2 : &ce_leaf_f64_avx2;
+    if (isa == CE_ISA_AVX512) return CE_LEAF_OF(avx512, dtype);
+    if (isa == CE_ISA_AVX2) return CE_LEAF_OF(avx2, dtype);
 #else
     (void)isa;
 #endif
-    return dtype == CE_FLOAT32 ? &ce_leaf_f32_baseline : &ce_leaf_f64_baseline;
+    return CE_LEAF_OF(baseline, dtype);
 }
 
 ce_isa ce_best_isa(void)
@@ -112,7 +115,7 @@ typedef struct {
     int64_t n_chunks;        /* chunks per row                             */
     int store_exp;           /* sweep 1 stores exp(x - max) to the output  */
     int second_sweep;        /* the output is written                      */
-    ce_lin lin;              /* linear-term template (w, y set per chunk)  */
+    ce_chunk_opts opts;      /* chunk options (w, y set per chunk)         */
 } ce_plan;
 
 /* Everything sweep 2 needs about a row once sweep 1 is merged. */
@@ -125,20 +128,60 @@ typedef struct {
     double target_delta;     /* added to out[target] after rescaling      */
 } ce_row;
 
+static size_t dtype_size(ce_dtype dtype)
+{
+    return dtype == CE_FLOAT64 ? 8 : dtype == CE_FLOAT32 ? 4 : 2;
+}
+
+static float bits_to_float(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
+static uint32_t float_to_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
+
+/* Scalar versions of the vector conversions in ce_math.h. */
+static float half_to_float(uint16_t h)
+{
+    const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7FFFu;
+    if (em >= 0x7C00u) return bits_to_float((em << 13) | 0x7F800000u | sign);
+    return bits_to_float(float_to_bits(bits_to_float(em << 13) * 0x1p112f) | sign);
+}
+
+static uint16_t float_to_half(float v)
+{
+    const uint32_t u = float_to_bits(v), sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
+    uint32_t r;
+    if (a > 0x7F800000u) r = 0x7E00u;
+    else if (a >= 0x477FF000u) r = 0x7C00u;
+    else if (a < 0x38800000u) r = float_to_bits(bits_to_float(a) + 0.5f) - 0x3F000000u;
+    else r = (a + 0xC8000FFFu + ((a >> 13) & 1u)) >> 13;
+    return (uint16_t)(r | sign);
+}
+
+static float bf16_to_float(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
+
+static uint16_t float_to_bf16(float v)
+{
+    const uint32_t u = float_to_bits(v);
+    if (v != v) return (uint16_t)((u >> 16) | 0x40u);
+    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
+}
+
 static double load_as_double(const void *base, int64_t idx, ce_dtype dtype)
 {
-    return dtype == CE_FLOAT32 ? (double)((const float *)base)[idx]
-                               : ((const double *)base)[idx];
+    switch (dtype) {
+    case CE_FLOAT32: return (double)((const float *)base)[idx];
+    case CE_FLOAT64: return ((const double *)base)[idx];
+    case CE_FLOAT16: return (double)half_to_float(((const uint16_t *)base)[idx]);
+    default: return (double)bf16_to_float(((const uint16_t *)base)[idx]);
+    }
 }
 
 static void add_to_element(void *base, int64_t idx, double delta, ce_dtype dtype)
 {
-    if (dtype == CE_FLOAT32) {
-        float *p = (float *)base + idx;
-        *p = (float)((double)*p + delta);
-    } else {
-        double *p = (double *)base + idx;
-        *p += delta;
+    const double value = load_as_double(base, idx, dtype) + delta;
+    switch (dtype) {
+    case CE_FLOAT32: ((float *)base)[idx] = (float)value; break;
+    case CE_FLOAT64: ((double *)base)[idx] = value; break;
+    case CE_FLOAT16: ((uint16_t *)base)[idx] = float_to_half((float)value); break;
+    default: ((uint16_t *)base)[idx] = float_to_bf16((float)value); break;
     }
 }
 
@@ -148,9 +191,12 @@ static const char *row_of(const void *base, int64_t row, int64_t stride, size_t 
     return (const char *)base + row * stride * (int64_t)esize;
 }
 
+/* Rows skipped entirely (loss 0, gradient 0). Token statistics still
+ * describe the distribution at an ignored position and only flag its NLL. */
 static int row_ignored(const ce_plan *pl, int64_t r)
 {
-    return pl->p->target != NULL && pl->p->target[r] == pl->p->ignore_index;
+    return pl->p->mode != CE_MODE_TOKEN_STATS && pl->p->target != NULL &&
+           pl->p->target[r] == pl->p->ignore_index;
 }
 
 static double row_weight(const ce_plan *pl, int64_t r)
@@ -170,40 +216,53 @@ static void plan_init(ce_plan *pl, const ce_problem *p)
     memset(pl, 0, sizeof *pl);
     pl->p = p;
     pl->leaf = leaf_for(ce_active_isa(), p->dtype);
-    pl->esize = p->dtype == CE_FLOAT32 ? sizeof(float) : sizeof(double);
+    pl->esize = dtype_size(p->dtype);
     pl->n_chunks = (p->n_cols + CE_CHUNK - 1) / CE_CHUNK;
-    pl->store_exp = p->out != NULL &&
+    const int is_loss = p->mode == CE_MODE_LOSS || p->mode == CE_MODE_LOSS_GRAD;
+    pl->opts.softcap = is_loss ? p->softcap : 0.0;
+    /* Soft-capped gradients are recomputed from x in sweep 2, since the
+     * derivative of the cap needs the logits, which in place are gone. */
+    pl->store_exp = p->out != NULL && pl->opts.softcap == 0.0 &&
                     (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX);
     pl->second_sweep = p->out != NULL &&
-                       (pl->store_exp || p->mode == CE_MODE_LOG_SOFTMAX);
-    if (p->mode == CE_MODE_LOSS || p->mode == CE_MODE_LOSS_GRAD) {
+                       (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX ||
+                        p->mode == CE_MODE_LOG_SOFTMAX);
+    pl->opts.entropy = p->mode == CE_MODE_TOKEN_STATS;
+    if (is_loss) {
         if (p->soft) {
-            pl->lin.active = 1;
-            pl->lin.y_mul = 1.0 - p->smoothing;
-            pl->lin.y_add = p->smoothing / (double)p->n_cols;
+            pl->opts.active = 1;
+            pl->opts.y_mul = 1.0 - p->smoothing;
+            pl->opts.y_add = p->smoothing / (double)p->n_cols;
         } else {
-            pl->lin.active = p->smoothing > 0.0;
+            pl->opts.active = p->smoothing > 0.0;
         }
     }
 }
 
-/* ce_lin for chunk c of row r. */
-static ce_lin chunk_lin(const ce_plan *pl, int64_t r, int64_t c)
+/* Chunk options for chunk c of row r. */
+static ce_chunk_opts chunk_opts(const ce_plan *pl, int64_t r, int64_t c)
 {
     const ce_problem *p = pl->p;
-    ce_lin lin = pl->lin;
+    ce_chunk_opts opts = pl->opts;
     const int64_t j0 = c * CE_CHUNK;
-    if (lin.active) {
-        if (p->weight) lin.w = (const char *)p->weight + (size_t)j0 * pl->esize;
-        if (p->soft) lin.y = row_of(p->soft, r, p->soft_stride, pl->esize) + (size_t)j0 * pl->esize;
+    if (opts.active) {
+        if (p->weight) opts.w = (const char *)p->weight + (size_t)j0 * pl->esize;
+        if (p->soft) opts.y = row_of(p->soft, r, p->soft_stride, pl->esize) + (size_t)j0 * pl->esize;
     }
-    return lin;
+    return opts;
 }
 
 static int64_t chunk_len(const ce_plan *pl, int64_t c)
 {
     const int64_t left = pl->p->n_cols - c * CE_CHUNK;
     return left < CE_CHUNK ? left : CE_CHUNK;
+}
+
+/* The target's logit as the loss sees it (soft-capped if asked). */
+static double capped(const ce_plan *pl, double x)
+{
+    const double cap = pl->opts.softcap;
+    return cap > 0.0 ? cap * tanh(x / cap) : x;
 }
 
 /* ---- sweep 1 ------------------------------------------------------------ */
@@ -218,16 +277,36 @@ static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c,
     const char *x = row_of(p->x, r, p->x_stride, pl->esize);
     if (p->target) {
         const int64_t t = p->target[r];
-        if (t >= j0 && t < j0 + n) *target_logit = load_as_double(x, t, p->dtype);
+        if (t >= j0 && t < j0 + n) *target_logit = capped(pl, load_as_double(x, t, p->dtype));
     }
     void *e = NULL;
     if (pl->store_exp)
         e = (char *)row_of(p->out, r, p->out_stride, pl->esize) + (size_t)j0 * pl->esize;
-    const ce_lin lin = chunk_lin(pl, r, c);
-    pl->leaf->stats(x + (size_t)j0 * pl->esize, n, e, &lin, st);
+    const ce_chunk_opts opts = chunk_opts(pl, r, c);
+    pl->leaf->stats(x + (size_t)j0 * pl->esize, n, e, &opts, st);
 }
 
 /* ---- merge -------------------------------------------------------------- */
+
+/* First index of the row maximum m (the first NaN if the row has one, as
+ * numpy.argmax): found in the first chunk whose maximum is m. */
+static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m,
+                          int has_nan)
+{
+    const ce_problem *p = pl->p;
+    const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+    if (has_nan) {
+        for (int64_t j = 0; j < p->n_cols; ++j)
+            if (isnan(load_as_double(x, j, p->dtype))) return j;
+    }
+    for (int64_t c = 0; c < pl->n_chunks; ++c) {
+        if (st[c].max != m) continue;
+        const int64_t j0 = c * CE_CHUNK, n = chunk_len(pl, c);
+        for (int64_t j = j0; j < j0 + n; ++j)
+            if (load_as_double(x, j, p->dtype) == m) return j;
+    }
+    return 0;
+}
 
 /* Merges the chunk stats of row r in chunk order, prepares sweep 2 and,
  * when result is not NULL, stores the row's loss or log-sum-exp there. */
@@ -240,12 +319,13 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
 
     double m = neg_inf;
     for (int64_t c = 0; c < nc; ++c) m = st[c].max > m ? st[c].max : m;
-    double sum = 0.0, lin = 0.0, asum = 0.0;
+    double sum = 0.0, lin = 0.0, asum = 0.0, ent = 0.0;
     for (int64_t c = 0; c < nc; ++c) {
         const double rel = st[c].max == neg_inf ? 0.0 : exp(st[c].shift - m);
         sum += st[c].sumexp * rel;
         lin += st[c].lin + (st[c].asum != 0.0 ? st[c].asum * (m - st[c].shift) : 0.0);
         asum += st[c].asum;
+        if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
     }
     const double log_sum = log(sum);
     row->ignored = 0;
@@ -263,6 +343,15 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         row->g = 1.0 / sum;
         return;
     case CE_MODE_LOG_SOFTMAX:
+        return;
+    case CE_MODE_TOKEN_STATS:
+        if (result) {
+            const int counted = p->target != NULL && p->target[r] != p->ignore_index;
+            *result = counted ? (m - target_logit) + log_sum : NAN;
+            /* H = sum_j p_j (lse - x_j) = log_sum + sum_j p_j (m - x_j) */
+            p->row_entropy[r] = log_sum + ent / sum;
+            p->row_argmax[r] = row_argmax(pl, r, st, m, isnan(sum));
+        }
         return;
     default:
         break;
@@ -284,6 +373,17 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         a_total = (1.0 - eps) * wt + eps / V * p->weight_sum;
         row->c = scale * eps / V;
         row->target_delta = -scale * (1.0 - eps) * wt;
+        if (pl->opts.softcap > 0.0) {
+            /* the target's entry is also multiplied by the cap's derivative */
+            const double t = target_logit / pl->opts.softcap;
+            row->target_delta *= 1.0 - t * t;
+        }
+    }
+    if (p->z_loss != 0.0) {
+        /* z_loss * lse^2, whose gradient is 2 z_loss lse softmax */
+        const double lse = m + log_sum;
+        loss += p->z_loss * lse * lse;
+        a_total += 2.0 * p->z_loss * lse;
     }
     if (result) *result = loss;
     row->g = scale * a_total / sum;
@@ -311,8 +411,14 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
         return;
     }
     const double f = st[c].max == -INFINITY ? 0.0 : row->g * exp(st[c].shift - row->max);
-    const ce_lin lin = chunk_lin(pl, r, c);
-    pl->leaf->rescale(out + (size_t)j0 * pl->esize, n, f, row->c, &lin);
+    const ce_chunk_opts opts = chunk_opts(pl, r, c);
+    if (pl->opts.softcap > 0.0) {
+        const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+        pl->leaf->rescale_capped(x + (size_t)j0 * pl->esize, out + (size_t)j0 * pl->esize, n,
+                                 st[c].shift, f, row->c, &opts);
+    } else {
+        pl->leaf->rescale(out + (size_t)j0 * pl->esize, n, f, row->c, &opts);
+    }
     if (p->target && row->target_delta != 0.0) {
         const int64_t t = p->target[r];
         if (t >= j0 && t < j0 + n) add_to_element(out, t, row->target_delta, p->dtype);

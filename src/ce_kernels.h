@@ -21,7 +21,9 @@ extern "C" {
 /* Element types of the logits (and of soft targets and of the output). */
 typedef enum {
     CE_FLOAT32 = 0,
-    CE_FLOAT64 = 1
+    CE_FLOAT64 = 1,
+    CE_FLOAT16 = 2,   /* IEEE binary16; computed in float32         */
+    CE_BFLOAT16 = 3   /* bfloat16 (ml_dtypes); computed in float32  */
 } ce_dtype;
 
 /* What one call computes. */
@@ -30,7 +32,9 @@ typedef enum {
     CE_MODE_LOSS_GRAD = 1,   /* row_out = per-row loss, out = d loss / d logits */
     CE_MODE_LOGSUMEXP = 2,   /* row_out = log(sum(exp(x)))                      */
     CE_MODE_SOFTMAX = 3,     /* out = exp(x - logsumexp(x))                     */
-    CE_MODE_LOG_SOFTMAX = 4  /* out = x - logsumexp(x)                          */
+    CE_MODE_LOG_SOFTMAX = 4, /* out = x - logsumexp(x)                          */
+    CE_MODE_TOKEN_STATS = 5  /* row_out = NLL of the target (NaN if ignored),
+                                row_entropy, row_argmax                        */
 } ce_mode;
 
 /* Instruction-set paths the kernels are compiled for. */
@@ -51,6 +55,8 @@ typedef enum {
  *   soft targets: loss = sum_j w[j] * q[j] * (lse - x[j]),
  *                 q = (1-eps) * y + eps/V, terms with w[j]*q[j] == 0 skipped
  * where w is all ones when weight is NULL and eps is the label smoothing.
+ * With softcap > 0 every logit x is first replaced by softcap*tanh(x/softcap);
+ * z_loss adds z_loss * lse^2 to the loss of every row that is not ignored.
  */
 typedef struct {
     ce_dtype dtype;
@@ -70,11 +76,15 @@ typedef struct {
     const void *weight;     /* class weights (n_cols, dtype as x), or NULL   */
     double weight_sum;      /* sum of weight (n_cols when weight is NULL)    */
     double smoothing;       /* label smoothing eps in [0, 1]                 */
+    double z_loss;          /* coefficient of lse^2 (0: none)                */
+    double softcap;         /* logit soft-cap (0: none)                      */
 
     double grad_scale;          /* gradient multiplier for every row         */
     const double *row_scale;    /* extra per-row multiplier, or NULL         */
 
     double *row_out;        /* n_rows results: loss or log-sum-exp           */
+    double *row_entropy;    /* token stats: entropy of the softmax (nats)    */
+    int64_t *row_argmax;    /* token stats: first index of the largest logit */
 } ce_problem;
 
 /* Status codes. */

@@ -2,14 +2,18 @@
  * Chunk kernels, written once and expanded per element type and per
  * instruction set by ce_leaf_types.h. The includer defines:
  *
- *   CE_T          element type in memory (float, double)
+ *   CE_T          element type in memory (float, double, uint16_t for halves)
+ *   CE_CT         compute type of a lane (float, or double for float64)
  *   CE_VT         vector of CE_W compute lanes (ce_vf, ce_vd)
  *   CE_VIT        matching integer vector (comparison masks)
- *   CE_W          lanes per vector (16 floats, 8 doubles)
+ *   CE_W          lanes per vector (16 for float compute, 8 for double)
  *   CE_IOTA       the CE_VIT vector {0, 1, ..., CE_W-1}
+ *   CE_VLOAD(p)   CE_W elements at p -> CE_VT;  CE_VSTORE(p, v): back
  *   CE_VEXP       vector exponential (ce_math.h)
+ *   CE_SOFTCAP    vector soft-capping cap * tanh(x / cap)
  *   CE_SELECT     bitwise select for CE_VT
  *   CE_ACC        double accumulator type, with CE_ACC_ADD and CE_ACC_SUM
+ *   CE_HAS_EXP_ARRAY  1 if exp_array is meaningful for this type
  *   CE_NAME(x)    unique name for x (type and instruction-set suffix)
  *   CE_TARGET     function attribute selecting the instruction set (or empty)
  *
@@ -21,50 +25,61 @@
 
 /* ---- loads and stores of count <= CE_W elements ------------------------ */
 
-CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load)(const CE_T *p, int64_t count, CE_T fill)
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(splat)(CE_CT s)
 {
+    return (CE_VT){0} + s;
+}
+
+CE_TARGET CE_ALWAYS_INLINE CE_VIT CE_NAME(lanes_below)(int64_t count)
+{
+    return CE_IOTA < (CE_VIT){0} + (__typeof__(CE_IOTA[0]))count;
+}
+
+/* count elements at p; lanes past count hold fill. */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load)(const CE_T *p, int64_t count, CE_CT fill)
+{
+    if (count == CE_W) return CE_VLOAD(p);
     CE_T buf[CE_W];
-    if (count == CE_W) {
-        memcpy(buf, p, sizeof buf);
-    } else {
-        for (int l = 0; l < CE_W; ++l) buf[l] = l < count ? p[l] : fill;
-    }
-    CE_VT v;
-    memcpy(&v, buf, sizeof v);
-    return v;
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, p, (size_t)count * sizeof(CE_T));
+    return CE_SELECT(CE_NAME(lanes_below)(count), CE_VLOAD(buf), CE_NAME(splat)(fill));
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(store)(CE_T *p, int64_t count, CE_VT v)
 {
     if (count == CE_W) {
-        memcpy(p, &v, sizeof v);
+        CE_VSTORE(p, v);
     } else {
         CE_T buf[CE_W];
-        memcpy(buf, &v, sizeof buf);
-        for (int64_t l = 0; l < count; ++l) p[l] = buf[l];
+        CE_VSTORE(buf, v);
+        memcpy(p, buf, (size_t)count * sizeof(CE_T));
     }
 }
 
-CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(splat)(CE_T s)
+/* Logits as the loss sees them: soft-capped when asked. */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(logits)(const CE_T *p, int64_t count, CE_CT fill,
+                                                 double softcap, const int has_cap)
 {
-    return (CE_VT){0} + s;
+    CE_VT v = CE_NAME(load)(p, count, fill);
+    return has_cap ? CE_SOFTCAP(v, softcap) : v;
 }
 
 /* ---- chunk maximum ----------------------------------------------------- */
 
-/* Largest element of x[0:n]; NaN is passed over here and surfaces in the
- * sum of exponentials instead. */
-CE_TARGET static double CE_NAME(chunk_max)(const CE_T *x, int64_t n)
+/* Largest element of x[0:n] (soft-capped if asked); NaN is passed over
+ * here and surfaces in the sum of exponentials instead. */
+CE_TARGET CE_ALWAYS_INLINE double CE_NAME(chunk_max_body)(const CE_T *x, int64_t n, double cap,
+                                                          const int has_cap)
 {
-    const CE_T neg_inf = -(CE_T)__builtin_inf();
+    const CE_CT neg_inf = -(CE_CT)__builtin_inf();
     /* Four independent running maxima hide the compare-select latency. */
     CE_VT m0 = CE_NAME(splat)(neg_inf), m1 = m0, m2 = m0, m3 = m0;
     int64_t i = 0;
     for (; i + 4 * CE_W <= n; i += 4 * CE_W) {
-        CE_VT v0 = CE_NAME(load)(x + i, CE_W, neg_inf);
-        CE_VT v1 = CE_NAME(load)(x + i + CE_W, CE_W, neg_inf);
-        CE_VT v2 = CE_NAME(load)(x + i + 2 * CE_W, CE_W, neg_inf);
-        CE_VT v3 = CE_NAME(load)(x + i + 3 * CE_W, CE_W, neg_inf);
+        CE_VT v0 = CE_NAME(logits)(x + i, CE_W, neg_inf, cap, has_cap);
+        CE_VT v1 = CE_NAME(logits)(x + i + CE_W, CE_W, neg_inf, cap, has_cap);
+        CE_VT v2 = CE_NAME(logits)(x + i + 2 * CE_W, CE_W, neg_inf, cap, has_cap);
+        CE_VT v3 = CE_NAME(logits)(x + i + 3 * CE_W, CE_W, neg_inf, cap, has_cap);
         m0 = CE_SELECT(v0 > m0, v0, m0);
         m1 = CE_SELECT(v1 > m1, v1, m1);
         m2 = CE_SELECT(v2 > m2, v2, m2);
@@ -72,153 +87,189 @@ CE_TARGET static double CE_NAME(chunk_max)(const CE_T *x, int64_t n)
     }
     for (; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        CE_VT v = CE_NAME(load)(x + i, count, neg_inf);
+        CE_VT v = CE_NAME(logits)(x + i, count, neg_inf, cap, has_cap);
         m0 = CE_SELECT(v > m0, v, m0);
     }
     m0 = CE_SELECT(m1 > m0, m1, m0);
     m2 = CE_SELECT(m3 > m2, m3, m2);
     m0 = CE_SELECT(m2 > m0, m2, m0);
-    CE_T lanes[CE_W];
+    CE_CT lanes[CE_W];
     memcpy(lanes, &m0, sizeof lanes);
-    CE_T best = lanes[0];
+    CE_CT best = lanes[0];
     for (int l = 1; l < CE_W; ++l) best = lanes[l] > best ? lanes[l] : best;
     return (double)best;
 }
 
 /* ---- the linear term's coefficients ------------------------------------ */
 
-/* a[j..j+count) of ce_lin, zero beyond count. */
+/* a[j..j+count) of the chunk options, zero beyond count. */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(coef)(
-    const ce_lin *lin, int64_t j, int64_t count, const int has_w, const int has_y)
+    const ce_chunk_opts *opts, int64_t j, int64_t count, const int has_w, const int has_y)
 {
-    CE_VT a = CE_NAME(splat)((CE_T)1);
-    if (has_w) a = CE_NAME(load)((const CE_T *)lin->w + j, count, (CE_T)0);
+    CE_VT a = CE_NAME(splat)((CE_CT)1);
+    if (has_w) a = CE_NAME(load)((const CE_T *)opts->w + j, count, (CE_CT)0);
     if (has_y) {
-        CE_VT y = CE_NAME(load)((const CE_T *)lin->y + j, count, (CE_T)0);
-        a = a * (y * (CE_T)lin->y_mul + (CE_T)lin->y_add);
+        CE_VT y = CE_NAME(load)((const CE_T *)opts->y + j, count, (CE_CT)0);
+        a = a * (y * (CE_CT)opts->y_mul + (CE_CT)opts->y_add);
     }
-    if (count < CE_W)
-        a = CE_SELECT(CE_IOTA < (CE_VIT){0} + (__typeof__(CE_IOTA[0]))count, a, (CE_VT){0});
+    if (count < CE_W) a = CE_SELECT(CE_NAME(lanes_below)(count), a, (CE_VT){0});
     return a;
 }
 
 /* ---- first sweep: max, sum of exponentials, linear sums ---------------- */
 
 typedef struct {
-    CE_ACC sum, lin, asum;
+    CE_ACC sum, lin, asum, ent;
 } CE_NAME(sums);
 
+/* The flags of one sweep; compile-time constants in the common cases. */
+#define CE_FLAG_PARAMS const int store, const int use_lin, const int has_w, const int has_y, \
+                       const int has_cap, const int use_ent
+#define CE_FLAG_ARGS store, use_lin, has_w, has_y, has_cap, use_ent
+
 /* One vector's worth of the first sweep: returns exp(x - shift) and adds
- * the linear sums; flags are compile-time constants. */
+ * the linear and entropy sums. */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
     const CE_T *x, int64_t j, int64_t count, CE_T *e, CE_VT shift,
-    const ce_lin *lin, CE_NAME(sums) *s,
-    const int store, const int use_lin, const int has_w, const int has_y)
+    const ce_chunk_opts *opts, CE_NAME(sums) *s, CE_FLAG_PARAMS)
 {
-    CE_VT v = CE_NAME(load)(x + j, count, -(CE_T)__builtin_inf());
+    CE_VT v = CE_NAME(logits)(x + j, count, -(CE_CT)__builtin_inf(), opts->softcap, has_cap);
     CE_VT ex = CE_VEXP(v - shift);
     if (use_lin) {
-        CE_VT a = CE_NAME(coef)(lin, j, count, has_w, has_y);
+        CE_VT a = CE_NAME(coef)(opts, j, count, has_w, has_y);
         /* a * (max - x), skipping a == 0 so that 0 * inf (a masked class
          * with no target mass) contributes 0. */
-        CE_VT term = CE_SELECT(a != (CE_T)0, a * (shift - v), (CE_VT){0});
+        CE_VT term = CE_SELECT(a != (CE_CT)0, a * (shift - v), (CE_VT){0});
         CE_ACC_ADD(&s->lin, term);
         CE_ACC_ADD(&s->asum, a);
     }
+    if (use_ent) CE_ACC_ADD(&s->ent, CE_SELECT(ex != (CE_CT)0, ex * (shift - v), (CE_VT){0}));
     if (store) CE_NAME(store)(e + j, count, ex);
     return ex;
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
-    const CE_T *x, int64_t n, CE_T *e, const ce_lin *lin, ce_chunk_stats *st,
-    const int store, const int use_lin, const int has_w, const int has_y)
+    const CE_T *x, int64_t n, CE_T *e, const ce_chunk_opts *opts, ce_chunk_stats *st,
+    CE_FLAG_PARAMS)
 {
-    const double m = CE_NAME(chunk_max)(x, n);
+    const double m = CE_NAME(chunk_max_body)(x, n, opts->softcap, has_cap);
     /* A chunk of -inf only: subtract 0 so that exp(-inf) = 0, not NaN. */
     const double shift = (m == -__builtin_inf()) ? 0.0 : m;
-    const CE_VT vs = CE_NAME(splat)((CE_T)shift);
+    const CE_VT vs = CE_NAME(splat)((CE_CT)shift);
     CE_NAME(sums) s;
     memset(&s, 0, sizeof s);
     int64_t i = 0;
     for (; i + 4 * CE_W <= n; i += 4 * CE_W) {
         /* While this chunk is computed from L1, bring in the next one (a
-         * cache line per vector), so memory and arithmetic overlap. */
+         * cache line per vector of floats), so memory and arithmetic overlap. */
         for (int k = 0; k < 4; ++k)
             __builtin_prefetch(x + i + k * CE_W + CE_PREFETCH_AHEAD, 0, 3);
-        CE_VT e0 = CE_NAME(stats_step)(x, i, CE_W, e, vs, lin, &s, store, use_lin, has_w, has_y);
-        CE_VT e1 = CE_NAME(stats_step)(x, i + CE_W, CE_W, e, vs, lin, &s, store, use_lin, has_w, has_y);
-        CE_VT e2 = CE_NAME(stats_step)(x, i + 2 * CE_W, CE_W, e, vs, lin, &s, store, use_lin, has_w, has_y);
-        CE_VT e3 = CE_NAME(stats_step)(x, i + 3 * CE_W, CE_W, e, vs, lin, &s, store, use_lin, has_w, has_y);
+        CE_VT e0 = CE_NAME(stats_step)(x, i, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
+        CE_VT e1 = CE_NAME(stats_step)(x, i + CE_W, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
+        CE_VT e2 = CE_NAME(stats_step)(x, i + 2 * CE_W, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
+        CE_VT e3 = CE_NAME(stats_step)(x, i + 3 * CE_W, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
         /* Four exponentials (each <= 1) are added in the compute type, two
          * roundings at the level of exp's own error, then widened once. */
         CE_ACC_ADD(&s.sum, (e0 + e1) + (e2 + e3));
     }
     for (; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        CE_ACC_ADD(&s.sum, CE_NAME(stats_step)(x, i, count, e, vs, lin, &s, store, use_lin, has_w, has_y));
+        CE_ACC_ADD(&s.sum, CE_NAME(stats_step)(x, i, count, e, vs, opts, &s, CE_FLAG_ARGS));
     }
     st->max = m;
     st->shift = shift;
     st->sumexp = CE_ACC_SUM(s.sum);
     st->lin = use_lin ? CE_ACC_SUM(s.lin) : 0.0;
     st->asum = use_lin ? CE_ACC_SUM(s.asum) : 0.0;
+    st->ent = use_ent ? CE_ACC_SUM(s.ent) : 0.0;
 }
 
 CE_TARGET static void CE_NAME(stats)(const void *xv, int64_t n, void *ev,
-                                     const ce_lin *lin, ce_chunk_stats *st)
+                                     const ce_chunk_opts *opts, ce_chunk_stats *st)
 {
     const CE_T *x = (const CE_T *)xv;
     CE_T *e = (CE_T *)ev;
-    const int has_w = lin->w != NULL, has_y = lin->y != NULL;
-    if (!lin->active) {
-        if (e) CE_NAME(stats_body)(x, n, e, lin, st, 1, 0, 0, 0);
-        else   CE_NAME(stats_body)(x, n, e, lin, st, 0, 0, 0, 0);
+    const int has_w = opts->w != NULL, has_y = opts->y != NULL;
+    const int has_cap = opts->softcap > 0.0, use_ent = opts->entropy != 0;
+    if (has_cap || use_ent) {
+        /* Rarer options: one body with the flags decided at run time. */
+        CE_NAME(stats_body)(x, n, e, opts, st, e != NULL, opts->active, has_w, has_y,
+                            has_cap, use_ent);
+    } else if (!opts->active) {
+        if (e) CE_NAME(stats_body)(x, n, e, opts, st, 1, 0, 0, 0, 0, 0);
+        else   CE_NAME(stats_body)(x, n, e, opts, st, 0, 0, 0, 0, 0, 0);
     } else if (e) {
-        if (has_w && has_y)  CE_NAME(stats_body)(x, n, e, lin, st, 1, 1, 1, 1);
-        else if (has_w)      CE_NAME(stats_body)(x, n, e, lin, st, 1, 1, 1, 0);
-        else if (has_y)      CE_NAME(stats_body)(x, n, e, lin, st, 1, 1, 0, 1);
-        else                 CE_NAME(stats_body)(x, n, e, lin, st, 1, 1, 0, 0);
+        if (has_w && has_y)  CE_NAME(stats_body)(x, n, e, opts, st, 1, 1, 1, 1, 0, 0);
+        else if (has_w)      CE_NAME(stats_body)(x, n, e, opts, st, 1, 1, 1, 0, 0, 0);
+        else if (has_y)      CE_NAME(stats_body)(x, n, e, opts, st, 1, 1, 0, 1, 0, 0);
+        else                 CE_NAME(stats_body)(x, n, e, opts, st, 1, 1, 0, 0, 0, 0);
     } else {
-        if (has_w && has_y)  CE_NAME(stats_body)(x, n, e, lin, st, 0, 1, 1, 1);
-        else if (has_w)      CE_NAME(stats_body)(x, n, e, lin, st, 0, 1, 1, 0);
-        else if (has_y)      CE_NAME(stats_body)(x, n, e, lin, st, 0, 1, 0, 1);
-        else                 CE_NAME(stats_body)(x, n, e, lin, st, 0, 1, 0, 0);
+        if (has_w && has_y)  CE_NAME(stats_body)(x, n, e, opts, st, 0, 1, 1, 1, 0, 0);
+        else if (has_w)      CE_NAME(stats_body)(x, n, e, opts, st, 0, 1, 1, 0, 0, 0);
+        else if (has_y)      CE_NAME(stats_body)(x, n, e, opts, st, 0, 1, 0, 1, 0, 0);
+        else                 CE_NAME(stats_body)(x, n, e, opts, st, 0, 1, 0, 0, 0, 0);
     }
 }
+
+#undef CE_FLAG_PARAMS
+#undef CE_FLAG_ARGS
 
 /* ---- second sweep: out = out * f - c * a -------------------------------- */
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(rescale_step)(
-    CE_T *out, int64_t j, int64_t count, CE_VT f, CE_VT c, const ce_lin *lin,
+    CE_T *out, int64_t j, int64_t count, CE_VT f, CE_VT c, const ce_chunk_opts *opts,
     const int use_lin, const int has_w, const int has_y)
 {
-    CE_VT v = CE_NAME(load)(out + j, count, (CE_T)0) * f;
-    if (use_lin) v = v - c * CE_NAME(coef)(lin, j, count, has_w, has_y);
+    CE_VT v = CE_NAME(load)(out + j, count, (CE_CT)0) * f;
+    if (use_lin) v = v - c * CE_NAME(coef)(opts, j, count, has_w, has_y);
     CE_NAME(store)(out + j, count, v);
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(rescale_body)(
-    CE_T *out, int64_t n, CE_VT f, CE_VT c, const ce_lin *lin,
+    CE_T *out, int64_t n, CE_VT f, CE_VT c, const ce_chunk_opts *opts,
     const int use_lin, const int has_w, const int has_y)
 {
     int64_t i = 0;
     for (; i + CE_W <= n; i += CE_W)
-        CE_NAME(rescale_step)(out, i, CE_W, f, c, lin, use_lin, has_w, has_y);
+        CE_NAME(rescale_step)(out, i, CE_W, f, c, opts, use_lin, has_w, has_y);
     if (i < n)
-        CE_NAME(rescale_step)(out, i, n - i, f, c, lin, use_lin, has_w, has_y);
+        CE_NAME(rescale_step)(out, i, n - i, f, c, opts, use_lin, has_w, has_y);
 }
 
 CE_TARGET static void CE_NAME(rescale)(void *outv, int64_t n, double f, double c,
-                                       const ce_lin *lin)
+                                       const ce_chunk_opts *opts)
 {
     CE_T *out = (CE_T *)outv;
-    const CE_VT vf = CE_NAME(splat)((CE_T)f), vc = CE_NAME(splat)((CE_T)c);
-    const int has_w = lin->w != NULL, has_y = lin->y != NULL;
-    if (c == 0.0 || !lin->active) CE_NAME(rescale_body)(out, n, vf, vc, lin, 0, 0, 0);
-    else if (has_w && has_y)      CE_NAME(rescale_body)(out, n, vf, vc, lin, 1, 1, 1);
-    else if (has_w)               CE_NAME(rescale_body)(out, n, vf, vc, lin, 1, 1, 0);
-    else if (has_y)               CE_NAME(rescale_body)(out, n, vf, vc, lin, 1, 0, 1);
-    else                          CE_NAME(rescale_body)(out, n, vf, vc, lin, 1, 0, 0);
+    const CE_VT vf = CE_NAME(splat)((CE_CT)f), vc = CE_NAME(splat)((CE_CT)c);
+    const int has_w = opts->w != NULL, has_y = opts->y != NULL;
+    if (c == 0.0 || !opts->active) CE_NAME(rescale_body)(out, n, vf, vc, opts, 0, 0, 0);
+    else if (has_w && has_y)       CE_NAME(rescale_body)(out, n, vf, vc, opts, 1, 1, 1);
+    else if (has_w)                CE_NAME(rescale_body)(out, n, vf, vc, opts, 1, 1, 0);
+    else if (has_y)                CE_NAME(rescale_body)(out, n, vf, vc, opts, 1, 0, 1);
+    else                           CE_NAME(rescale_body)(out, n, vf, vc, opts, 1, 0, 0);
+}
+
+/* With soft-capping the first sweep stores nothing; this recomputes
+ * x' = cap * tanh(x / cap) and exp(x' - shift) and multiplies by the
+ * derivative of the cap, 1 - (x' / cap)^2. Flags are decided at run time. */
+CE_TARGET static void CE_NAME(rescale_capped)(const void *xv, void *outv, int64_t n,
+                                              double shift, double f, double c,
+                                              const ce_chunk_opts *opts)
+{
+    const CE_T *x = (const CE_T *)xv;
+    CE_T *out = (CE_T *)outv;
+    const int has_w = opts->w != NULL, has_y = opts->y != NULL;
+    const int use_lin = opts->active && c != 0.0;
+    const CE_VT vs = CE_NAME(splat)((CE_CT)shift), vf = CE_NAME(splat)((CE_CT)f);
+    const CE_VT vc = CE_NAME(splat)((CE_CT)c), inv_cap = CE_NAME(splat)((CE_CT)(1.0 / opts->softcap));
+    for (int64_t i = 0; i < n; i += CE_W) {
+        const int64_t count = n - i < CE_W ? n - i : CE_W;
+        CE_VT v = CE_NAME(logits)(x + i, count, -(CE_CT)__builtin_inf(), opts->softcap, 1);
+        CE_VT g = CE_VEXP(v - vs) * vf;
+        if (use_lin) g = g - vc * CE_NAME(coef)(opts, i, count, has_w, has_y);
+        CE_VT t = v * inv_cap;
+        CE_NAME(store)(out + i, count, g * ((CE_CT)1 - t * t));
+    }
 }
 
 /* ---- second sweep for log-softmax: out = (x - max) - log_sum ----------- */
@@ -226,7 +277,7 @@ CE_TARGET static void CE_NAME(rescale)(void *outv, int64_t n, double f, double c
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(shift_step)(
     const CE_T *x, CE_T *out, int64_t j, int64_t count, CE_VT m, CE_VT ls)
 {
-    CE_VT v = CE_NAME(load)(x + j, count, (CE_T)0);
+    CE_VT v = CE_NAME(load)(x + j, count, (CE_CT)0);
     CE_NAME(store)(out + j, count, (v - m) - ls);
 }
 
@@ -235,7 +286,7 @@ CE_TARGET static void CE_NAME(shift)(const void *xv, int64_t n, void *outv,
 {
     const CE_T *x = (const CE_T *)xv;
     CE_T *out = (CE_T *)outv;
-    const CE_VT m = CE_NAME(splat)((CE_T)max), ls = CE_NAME(splat)((CE_T)log_sum);
+    const CE_VT m = CE_NAME(splat)((CE_CT)max), ls = CE_NAME(splat)((CE_CT)log_sum);
     int64_t i = 0;
     for (; i + CE_W <= n; i += CE_W) CE_NAME(shift_step)(x, out, i, CE_W, m, ls);
     if (i < n) CE_NAME(shift_step)(x, out, i, n - i, m, ls);
@@ -247,12 +298,13 @@ CE_TARGET static void CE_NAME(exp_array)(const void *xv, void *yv, int64_t n)
 {
     const CE_T *x = (const CE_T *)xv;
     CE_T *y = (CE_T *)yv;
-    int64_t i = 0;
-    for (; i + CE_W <= n; i += CE_W)
-        CE_NAME(store)(y + i, CE_W, CE_VEXP(CE_NAME(load)(x + i, CE_W, 0)));
-    if (i < n) CE_NAME(store)(y + i, n - i, CE_VEXP(CE_NAME(load)(x + i, n - i, 0)));
+    for (int64_t i = 0; i < n; i += CE_W) {
+        const int64_t count = n - i < CE_W ? n - i : CE_W;
+        CE_NAME(store)(y + i, count, CE_VEXP(CE_NAME(load)(x + i, count, (CE_CT)0)));
+    }
 }
 
 const ce_leaf CE_NAME(leaf) = {
-    CE_NAME(stats), CE_NAME(rescale), CE_NAME(shift), CE_NAME(exp_array)
+    CE_NAME(stats), CE_NAME(rescale), CE_NAME(rescale_capped), CE_NAME(shift),
+    CE_NAME(exp_array)
 };

@@ -6,38 +6,70 @@
 #define CE_CAT4_(a, b, c, d) a##b##c##d
 #define CE_CAT4(a, b, c, d) CE_CAT4_(a, b, c, d)
 
-/* float32: 16 lanes, exponentials in float, sums in double */
-#define CE_T float
+/* Everything computed in float lanes: float32, float16, bfloat16. */
+#define CE_CT float
 #define CE_VT ce_vf
 #define CE_VIT ce_vi32
 #define CE_W 16
 #define CE_IOTA ((ce_vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
 #define CE_VEXP ce_exp_f
+#define CE_SOFTCAP ce_softcap_f
 #define CE_SELECT ce_select_f
 #define CE_ACC ce_acc_f
 #define CE_ACC_ADD ce_acc_add_f
 #define CE_ACC_SUM ce_acc_sum_f
+
+#define CE_T float
+#define CE_VLOAD ce_load_f32
+#define CE_VSTORE ce_store_f32
 #define CE_NAME(x) CE_CAT4(ce_, x, _f32_, CE_ISA)
 #include "ce_leaf_template.h"
 #undef CE_T
+#undef CE_VLOAD
+#undef CE_VSTORE
+#undef CE_NAME
+
+#define CE_T uint16_t
+#define CE_VLOAD ce_load_f16
+#define CE_VSTORE ce_store_f16
+#define CE_NAME(x) CE_CAT4(ce_, x, _f16_, CE_ISA)
+#include "ce_leaf_template.h"
+#undef CE_VLOAD
+#undef CE_VSTORE
+#undef CE_NAME
+
+#define CE_VLOAD ce_load_bf16
+#define CE_VSTORE ce_store_bf16
+#define CE_NAME(x) CE_CAT4(ce_, x, _bf16_, CE_ISA)
+#include "ce_leaf_template.h"
+#undef CE_T
+#undef CE_VLOAD
+#undef CE_VSTORE
+#undef CE_NAME
+
+#undef CE_CT
 #undef CE_VT
 #undef CE_VIT
 #undef CE_W
 #undef CE_IOTA
 #undef CE_VEXP
+#undef CE_SOFTCAP
 #undef CE_SELECT
 #undef CE_ACC
 #undef CE_ACC_ADD
 #undef CE_ACC_SUM
-#undef CE_NAME
 
-/* float64: 8 lanes, all in double */
+/* float64: 8 double lanes */
 #define CE_T double
+#define CE_CT double
 #define CE_VT ce_vd
 #define CE_VIT ce_vi64
 #define CE_W 8
 #define CE_IOTA ((ce_vi64){0, 1, 2, 3, 4, 5, 6, 7})
+#define CE_VLOAD ce_load_f64
+#define CE_VSTORE ce_store_f64
 #define CE_VEXP ce_exp_d
+#define CE_SOFTCAP ce_softcap_d
 #define CE_SELECT ce_select_d
 #define CE_ACC ce_acc_d
 #define CE_ACC_ADD ce_acc_add_d
@@ -45,11 +77,15 @@
 #define CE_NAME(x) CE_CAT4(ce_, x, _f64_, CE_ISA)
 #include "ce_leaf_template.h"
 #undef CE_T
+#undef CE_CT
 #undef CE_VT
 #undef CE_VIT
 #undef CE_W
 #undef CE_IOTA
+#undef CE_VLOAD
+#undef CE_VSTORE
 #undef CE_VEXP
+#undef CE_SOFTCAP
 #undef CE_SELECT
 #undef CE_ACC
 #undef CE_ACC_ADD

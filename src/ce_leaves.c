@@ -16,7 +16,7 @@
 #if defined(CE_HAVE_X86_DISPATCH)
 
 #define CE_ISA avx2
-#define CE_TARGET __attribute__((target("avx2,fma")))
+#define CE_TARGET __attribute__((target("avx2,fma,f16c")))
 #include "ce_leaf_types.h"
 #undef CE_ISA
 #undef CE_TARGET

@@ -41,6 +41,8 @@ typedef double ce_vd __attribute__((vector_size(64)));
 typedef int64_t ce_vi64 __attribute__((vector_size(64)));
 typedef float ce_vf8 __attribute__((vector_size(32)));
 typedef double ce_vd16 __attribute__((vector_size(128)));
+typedef uint16_t ce_vu16 __attribute__((vector_size(32)));   /* 16 halves */
+typedef uint32_t ce_vu32 __attribute__((vector_size(64)));
 
 /* Bitwise select: mask lanes are all ones or all zeros. */
 CE_ALWAYS_INLINE ce_vf ce_select_f(ce_vi32 mask, ce_vf a, ce_vf b)
@@ -118,20 +120,40 @@ CE_ALWAYS_INLINE ce_vd ce_exp_d(ce_vd x)
 typedef struct { ce_vd lo, hi; } ce_acc_f;
 typedef struct { ce_vd v; } ce_acc_d;
 
+/* 16 floats widened to 16 doubles, split into two vectors. With
+ * __builtin_shufflevector this compiles to two full-width conversions; a
+ * memcpy split may go through the stack on older compilers. */
+CE_ALWAYS_INLINE void ce_widen_f(ce_vf v, ce_vd *lo, ce_vd *hi)
+{
+    ce_vd16 wide = __builtin_convertvector(v, ce_vd16);
+#if defined(__clang__) || __GNUC__ >= 12
+    *lo = __builtin_shufflevector(wide, wide, 0, 1, 2, 3, 4, 5, 6, 7);
+    *hi = __builtin_shufflevector(wide, wide, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    memcpy(lo, &wide, sizeof *lo);
+    memcpy(hi, (const char *)&wide + sizeof *lo, sizeof *hi);
+#endif
+}
+
+/* Two vectors of 8 doubles narrowed to 16 floats. */
+CE_ALWAYS_INLINE ce_vf ce_narrow_d(ce_vd lo, ce_vd hi)
+{
+    ce_vd16 wide;
+#if defined(__clang__) || __GNUC__ >= 12
+    wide = __builtin_shufflevector(lo, hi, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+#else
+    memcpy(&wide, &lo, sizeof lo);
+    memcpy((char *)&wide + sizeof lo, &hi, sizeof hi);
+#endif
+    return __builtin_convertvector(wide, ce_vf);
+}
+
 CE_ALWAYS_INLINE void ce_acc_add_f(ce_acc_f *acc, ce_vf v)
 {
-#if defined(__clang__) || __GNUC__ >= 12
-    /* Widen all 16 lanes at once, then split in registers: this compiles to
-     * two full-width conversions (a union or a per-half conversion goes
-     * through memory or through 128-bit pieces). */
-    ce_vd16 wide = __builtin_convertvector(v, ce_vd16);
-    acc->lo += __builtin_shufflevector(wide, wide, 0, 1, 2, 3, 4, 5, 6, 7);
-    acc->hi += __builtin_shufflevector(wide, wide, 8, 9, 10, 11, 12, 13, 14, 15);
-#else
-    union { ce_vf whole; ce_vf8 half[2]; } u = { v };
-    acc->lo += __builtin_convertvector(u.half[0], ce_vd);
-    acc->hi += __builtin_convertvector(u.half[1], ce_vd);
-#endif
+    ce_vd lo, hi;
+    ce_widen_f(v, &lo, &hi);
+    acc->lo += lo;
+    acc->hi += hi;
 }
 
 CE_ALWAYS_INLINE void ce_acc_add_d(ce_acc_d *acc, ce_vd v) { acc->v += v; }
@@ -146,5 +168,104 @@ CE_ALWAYS_INLINE double ce_fold8(ce_vd v)
 
 CE_ALWAYS_INLINE double ce_acc_sum_f(ce_acc_f acc) { return ce_fold8(acc.lo + acc.hi); }
 CE_ALWAYS_INLINE double ce_acc_sum_d(ce_acc_d acc) { return ce_fold8(acc.v); }
+
+/* ---- whole-vector loads and stores of each storage type ------------------ */
+
+CE_ALWAYS_INLINE ce_vf ce_load_f32(const float *p) { ce_vf v; memcpy(&v, p, sizeof v); return v; }
+CE_ALWAYS_INLINE ce_vd ce_load_f64(const double *p) { ce_vd v; memcpy(&v, p, sizeof v); return v; }
+CE_ALWAYS_INLINE void ce_store_f32(float *p, ce_vf v) { memcpy(p, &v, sizeof v); }
+CE_ALWAYS_INLINE void ce_store_f64(double *p, ce_vd v) { memcpy(p, &v, sizeof v); }
+CE_ALWAYS_INLINE ce_vu16 ce_load_u16(const uint16_t *p) { ce_vu16 v; memcpy(&v, p, sizeof v); return v; }
+
+/* ---- half-precision storage (float16, bfloat16) <-> float ---------------- */
+
+/* bfloat16 is the top half of a float32. */
+CE_ALWAYS_INLINE ce_vf ce_bf16_to_f32(ce_vu16 h)
+{
+    return (ce_vf)(__builtin_convertvector(h, ce_vu32) << 16);
+}
+
+/* Round to nearest even; NaN stays NaN (quiet). */
+CE_ALWAYS_INLINE ce_vu16 ce_f32_to_bf16(ce_vf v)
+{
+    const ce_vu32 u = (ce_vu32)v;
+    const ce_vu32 rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    const ce_vu32 quiet_nan = (u >> 16) | 0x40u;
+    const ce_vi32 is_nan = v != v;
+    const ce_vu32 r = (ce_vu32)(((ce_vi32)quiet_nan & is_nan) | ((ce_vi32)rounded & ~is_nan));
+    return __builtin_convertvector(r, ce_vu16);
+}
+
+/* IEEE binary16 -> float: exponent and mantissa moved into place and
+ * rescaled by 2^112 (which also normalises subnormals); inf/NaN kept. */
+CE_ALWAYS_INLINE ce_vf ce_f16_to_f32(ce_vu16 h)
+{
+    const ce_vu32 w = __builtin_convertvector(h, ce_vu32);
+    const ce_vu32 sign = (w & 0x8000u) << 16;
+    const ce_vu32 em = w & 0x7FFFu;
+    const ce_vf finite = (ce_vf)(em << 13) * 0x1p112f;
+    const ce_vi32 special = (ce_vi32)(em >= 0x7C00u);
+    const ce_vi32 special_bits = (ce_vi32)((em << 13) | 0x7F800000u);
+    const ce_vi32 mag = (special & special_bits) | (~special & (ce_vi32)finite);
+    return (ce_vf)((ce_vu32)mag | sign);
+}
+
+/* float -> IEEE binary16, round to nearest even, overflow to inf, NaN kept. */
+CE_ALWAYS_INLINE ce_vu16 ce_f32_to_f16(ce_vf v)
+{
+    const ce_vu32 u = (ce_vu32)v;
+    const ce_vu32 sign = (u >> 16) & 0x8000u;
+    const ce_vu32 a = u & 0x7FFFFFFFu;
+    /* normal halves: rebias the exponent, round the 13 dropped bits */
+    const ce_vu32 normal = (a + 0xC8000FFFu + ((a >> 13) & 1u)) >> 13;  /* (15-127)<<23 + 0xFFF */
+    /* subnormal halves: adding 0.5 lines the value up with 2^-24 units and
+     * rounds it; the result's low bits are the half's mantissa */
+    const ce_vu32 subnormal = (ce_vu32)((ce_vf)a + 0.5f) - 0x3F000000u;
+    ce_vi32 r = (ce_vi32)(a < 0x38800000u);
+    r = (r & (ce_vi32)subnormal) | (~r & (ce_vi32)normal);
+    const ce_vi32 big = (ce_vi32)(a >= 0x477FF000u);   /* rounds to >= 65520: inf */
+    r = (big & 0x7C00) | (~big & r);
+    const ce_vi32 nan = (ce_vi32)(a > 0x7F800000u);
+    r = (nan & 0x7E00) | (~nan & r);
+    return __builtin_convertvector((ce_vu32)r | sign, ce_vu16);
+}
+
+CE_ALWAYS_INLINE ce_vf ce_load_bf16(const uint16_t *p) { return ce_bf16_to_f32(ce_load_u16(p)); }
+CE_ALWAYS_INLINE ce_vf ce_load_f16(const uint16_t *p) { return ce_f16_to_f32(ce_load_u16(p)); }
+CE_ALWAYS_INLINE void ce_store_bf16(uint16_t *p, ce_vf v)
+{
+    ce_vu16 h = ce_f32_to_bf16(v);
+    memcpy(p, &h, sizeof h);
+}
+CE_ALWAYS_INLINE void ce_store_f16(uint16_t *p, ce_vf v)
+{
+    ce_vu16 h = ce_f32_to_f16(v);
+    memcpy(p, &h, sizeof h);
+}
+
+/* tanh in double, for soft-capping: 1 - 2 / (exp(2y) + 1) has an absolute
+ * error of a few 1e-16, which is what x' = cap * tanh(x / cap) needs. The
+ * argument is clamped so exp stays in its domain (tanh(20) = 1 in double). */
+CE_ALWAYS_INLINE ce_vd ce_tanh_d(ce_vd y)
+{
+    const ce_vi64 big = y > 20.0, small = y < -20.0;
+    ce_vd yc = ce_select_d(big, (ce_vd){0} + 20.0, y);
+    yc = ce_select_d(small, (ce_vd){0} - 20.0, yc);
+    const ce_vd t = 1.0 - 2.0 / (ce_exp_d(2.0 * yc) + 1.0);
+    return ce_select_d(yc != yc, yc, t);   /* NaN stays NaN */
+}
+
+/* cap * tanh(x / cap), evaluated in double. */
+CE_ALWAYS_INLINE ce_vd ce_softcap_d(ce_vd x, double cap)
+{
+    return cap * ce_tanh_d(x / cap);
+}
+
+CE_ALWAYS_INLINE ce_vf ce_softcap_f(ce_vf x, double cap)
+{
+    ce_vd lo, hi;
+    ce_widen_f(x, &lo, &hi);
+    return ce_narrow_d(ce_softcap_d(lo, cap), ce_softcap_d(hi, cap));
+}
 
 #endif /* CE_MATH_H */

@@ -52,8 +52,8 @@ class TestLossErrors:
             fn([[1.0, None]], [0])
 
     def test_unsupported_float_dtype(self, fn):
-        with pytest.raises(TypeError, match="float16"):
-            fn(np.zeros((4, 5), dtype=np.float16), TARGET)
+        with pytest.raises(TypeError, match="supported dtypes are float32, float64, float16 and bfloat16"):
+            fn(np.zeros((4, 5), dtype=np.longdouble), TARGET)
 
     def test_zero_dim_logits(self, fn):
         with pytest.raises(ValueError, match="at least one dimension"):
