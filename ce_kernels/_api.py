@@ -358,14 +358,15 @@ class TokenStats(NamedTuple):
     ``logits.shape[:-1]``."""
 
     nll: np.ndarray
-    """Negative log-likelihood of the target (nats, float32); NaN where the
-    target is ``ignore_index``, so ``np.nanmean(nll)`` is the mean NLL."""
+    """Negative log-likelihood of the target (nats; float64 for float64
+    logits, else float32); NaN where the target is ``ignore_index``, so
+    ``np.nanmean(nll)`` is the mean NLL."""
     predicted: np.ndarray
     """Index of the largest logit (int64; the first one on ties, as NumPy)."""
     correct: np.ndarray
     """``predicted == target`` (bool); False where the target is ignored."""
     entropy: np.ndarray
-    """Entropy of the predicted distribution (nats, float32)."""
+    """Entropy of the predicted distribution (nats, dtype as ``nll``)."""
 
 
 def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
@@ -416,5 +417,6 @@ def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
               None, None, 0.0, 0.0, 1.0, None, nll, n_threads, 0.0, 0.0, ent, predicted)
     shape = x.shape[:-1]
     correct = (predicted == hard) & (hard != ignore_index)
-    return TokenStats(nll.astype(np.float32).reshape(shape), predicted.reshape(shape),
-                      correct.reshape(shape), ent.astype(np.float32).reshape(shape))
+    out_dtype = v.result_dtype(dtype)
+    return TokenStats(nll.astype(out_dtype).reshape(shape), predicted.reshape(shape),
+                      correct.reshape(shape), ent.astype(out_dtype).reshape(shape))

@@ -64,13 +64,15 @@ typedef struct {
      * not NULL (e may equal x). */
     void (*stats)(const void *x, int64_t n, void *e, const ce_chunk_opts *opts,
                   ce_chunk_stats *st);
-    /* Second sweep for gradients and softmax: out = out * f - c * a. */
-    void (*rescale)(void *out, int64_t n, double f, double c, const ce_chunk_opts *opts);
-    /* Second sweep with soft-capping (nothing stored by the first):
-     * out = (exp(x' - shift) * f - c * a) * (1 - (x' / cap)^2), x' capped;
-     * out may equal x. */
-    void (*rescale_capped)(const void *x, void *out, int64_t n, double shift, double f,
-                           double c, const ce_chunk_opts *opts);
+    /* Second sweep for gradients and softmax: out = out * f - c * a, plus
+     * delta at index t (chunk-relative; outside [0, n) for none). */
+    void (*rescale)(void *out, int64_t n, double f, double c, const ce_chunk_opts *opts,
+                    int64_t t, double delta);
+    /* The same when sweep 1 stored nothing: exp(x' - shift) recomputed from
+     * x (x' soft-capped if asked, then times the cap's derivative). out may
+     * equal x. */
+    void (*rescale_from_x)(const void *x, void *out, int64_t n, double shift, double f,
+                           double c, const ce_chunk_opts *opts, int64_t t, double delta);
     /* Second sweep for log-softmax: out = (x - max) - log_sum (out may equal x). */
     void (*shift)(const void *x, int64_t n, void *out, double max, double log_sum);
     /* exp on an array, for measuring its accuracy (float32/float64 only). */

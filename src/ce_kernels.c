@@ -136,7 +136,7 @@ static size_t dtype_size(ce_dtype dtype)
 static float bits_to_float(uint32_t b) { float f; memcpy(&f, &b, 4); return f; }
 static uint32_t float_to_bits(float f) { uint32_t b; memcpy(&b, &f, 4); return b; }
 
-/* Scalar versions of the vector conversions in ce_math.h. */
+/* Scalar versions of the vector loads in ce_math.h (for single elements). */
 static float half_to_float(uint16_t h)
 {
     const uint32_t sign = (uint32_t)(h & 0x8000u) << 16, em = h & 0x7FFFu;
@@ -144,25 +144,7 @@ static float half_to_float(uint16_t h)
     return bits_to_float(float_to_bits(bits_to_float(em << 13) * 0x1p112f) | sign);
 }
 
-static uint16_t float_to_half(float v)
-{
-    const uint32_t u = float_to_bits(v), sign = (u >> 16) & 0x8000u, a = u & 0x7FFFFFFFu;
-    uint32_t r;
-    if (a > 0x7F800000u) r = 0x7E00u;
-    else if (a >= 0x477FF000u) r = 0x7C00u;
-    else if (a < 0x38800000u) r = float_to_bits(bits_to_float(a) + 0.5f) - 0x3F000000u;
-    else r = (a + 0xC8000FFFu + ((a >> 13) & 1u)) >> 13;
-    return (uint16_t)(r | sign);
-}
-
 static float bf16_to_float(uint16_t h) { return bits_to_float((uint32_t)h << 16); }
-
-static uint16_t float_to_bf16(float v)
-{
-    const uint32_t u = float_to_bits(v);
-    if (v != v) return (uint16_t)((u >> 16) | 0x40u);
-    return (uint16_t)((u + 0x7FFFu + ((u >> 16) & 1u)) >> 16);
-}
 
 static double load_as_double(const void *base, int64_t idx, ce_dtype dtype)
 {
@@ -174,16 +156,6 @@ static double load_as_double(const void *base, int64_t idx, ce_dtype dtype)
     }
 }
 
-static void add_to_element(void *base, int64_t idx, double delta, ce_dtype dtype)
-{
-    const double value = load_as_double(base, idx, dtype) + delta;
-    switch (dtype) {
-    case CE_FLOAT32: ((float *)base)[idx] = (float)value; break;
-    case CE_FLOAT64: ((double *)base)[idx] = value; break;
-    case CE_FLOAT16: ((uint16_t *)base)[idx] = float_to_half((float)value); break;
-    default: ((uint16_t *)base)[idx] = float_to_bf16((float)value); break;
-    }
-}
 
 /* Start of a row; strides may be zero or negative. */
 static const char *row_of(const void *base, int64_t row, int64_t stride, size_t esize)
@@ -220,9 +192,11 @@ static void plan_init(ce_plan *pl, const ce_problem *p)
     pl->n_chunks = (p->n_cols + CE_CHUNK - 1) / CE_CHUNK;
     const int is_loss = p->mode == CE_MODE_LOSS || p->mode == CE_MODE_LOSS_GRAD;
     pl->opts.softcap = is_loss ? p->softcap : 0.0;
-    /* Soft-capped gradients are recomputed from x in sweep 2, since the
-     * derivative of the cap needs the logits, which in place are gone. */
-    pl->store_exp = p->out != NULL && pl->opts.softcap == 0.0 &&
+    /* Sweep 1 stores exp(x - shift) for sweep 2 to rescale, except with
+     * soft-capping (the cap's derivative needs the logits, which in place
+     * are gone) and for half-precision outputs (storing there would round
+     * the exponentials twice): then sweep 2 recomputes them from x. */
+    pl->store_exp = p->out != NULL && pl->opts.softcap == 0.0 && pl->esize >= 4 &&
                     (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX);
     pl->second_sweep = p->out != NULL &&
                        (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX ||
@@ -373,11 +347,6 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         a_total = (1.0 - eps) * wt + eps / V * p->weight_sum;
         row->c = scale * eps / V;
         row->target_delta = -scale * (1.0 - eps) * wt;
-        if (pl->opts.softcap > 0.0) {
-            /* the target's entry is also multiplied by the cap's derivative */
-            const double t = target_logit / pl->opts.softcap;
-            row->target_delta *= 1.0 - t * t;
-        }
     }
     if (p->z_loss != 0.0) {
         /* z_loss * lse^2, whose gradient is 2 z_loss lse softmax */
@@ -412,16 +381,15 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
     }
     const double f = st[c].max == -INFINITY ? 0.0 : row->g * exp(st[c].shift - row->max);
     const ce_chunk_opts opts = chunk_opts(pl, r, c);
-    if (pl->opts.softcap > 0.0) {
-        const char *x = row_of(p->x, r, p->x_stride, pl->esize);
-        pl->leaf->rescale_capped(x + (size_t)j0 * pl->esize, out + (size_t)j0 * pl->esize, n,
-                                 st[c].shift, f, row->c, &opts);
+    /* the target's own term, added in the kernel before the output rounds */
+    const int64_t t_local = p->target && row->target_delta != 0.0 ? p->target[r] - j0 : -1;
+    if (pl->store_exp) {
+        pl->leaf->rescale(out + (size_t)j0 * pl->esize, n, f, row->c, &opts, t_local,
+                          row->target_delta);
     } else {
-        pl->leaf->rescale(out + (size_t)j0 * pl->esize, n, f, row->c, &opts);
-    }
-    if (p->target && row->target_delta != 0.0) {
-        const int64_t t = p->target[r];
-        if (t >= j0 && t < j0 + n) add_to_element(out, t, row->target_delta, p->dtype);
+        const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+        pl->leaf->rescale_from_x(x + (size_t)j0 * pl->esize, out + (size_t)j0 * pl->esize, n,
+                                 st[c].shift, f, row->c, &opts, t_local, row->target_delta);
     }
 }
 

@@ -61,7 +61,10 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(logits)(const CE_T *p, int64_t count, C
                                                  double softcap, const int has_cap)
 {
     CE_VT v = CE_NAME(load)(p, count, fill);
-    return has_cap ? CE_SOFTCAP(v, softcap) : v;
+    if (!has_cap) return v;
+    v = CE_SOFTCAP(v, softcap);
+    /* padding lanes hold fill after capping too (cap(-inf) would be -cap) */
+    return count < CE_W ? CE_SELECT(CE_NAME(lanes_below)(count), v, CE_NAME(splat)(fill)) : v;
 }
 
 /* ---- chunk maximum ----------------------------------------------------- */
@@ -214,61 +217,78 @@ CE_TARGET static void CE_NAME(stats)(const void *xv, int64_t n, void *ev,
 #undef CE_FLAG_PARAMS
 #undef CE_FLAG_ARGS
 
-/* ---- second sweep: out = out * f - c * a -------------------------------- */
+/* ---- second sweep: out = out * f - c * a (+ delta at the target) -------- */
+
+/* delta added to lane (t - j) of v when the target t falls in [j, j+count). */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(add_at_target)(CE_VT v, int64_t j, int64_t count,
+                                                        int64_t t, CE_CT delta)
+{
+    if (t < j || t >= j + count) return v;
+    const CE_VIT at = CE_IOTA == (CE_VIT){0} + (__typeof__(CE_IOTA[0]))(t - j);
+    return v + CE_SELECT(at, CE_NAME(splat)(delta), (CE_VT){0});
+}
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(rescale_step)(
     CE_T *out, int64_t j, int64_t count, CE_VT f, CE_VT c, const ce_chunk_opts *opts,
-    const int use_lin, const int has_w, const int has_y)
+    int64_t t, CE_CT delta, const int use_lin, const int has_w, const int has_y)
 {
     CE_VT v = CE_NAME(load)(out + j, count, (CE_CT)0) * f;
     if (use_lin) v = v - c * CE_NAME(coef)(opts, j, count, has_w, has_y);
-    CE_NAME(store)(out + j, count, v);
+    CE_NAME(store)(out + j, count, CE_NAME(add_at_target)(v, j, count, t, delta));
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(rescale_body)(
-    CE_T *out, int64_t n, CE_VT f, CE_VT c, const ce_chunk_opts *opts,
-    const int use_lin, const int has_w, const int has_y)
+    CE_T *out, int64_t n, CE_VT f, CE_VT c, const ce_chunk_opts *opts, int64_t t,
+    CE_CT delta, const int use_lin, const int has_w, const int has_y)
 {
     int64_t i = 0;
     for (; i + CE_W <= n; i += CE_W)
-        CE_NAME(rescale_step)(out, i, CE_W, f, c, opts, use_lin, has_w, has_y);
+        CE_NAME(rescale_step)(out, i, CE_W, f, c, opts, t, delta, use_lin, has_w, has_y);
     if (i < n)
-        CE_NAME(rescale_step)(out, i, n - i, f, c, opts, use_lin, has_w, has_y);
+        CE_NAME(rescale_step)(out, i, n - i, f, c, opts, t, delta, use_lin, has_w, has_y);
 }
 
 CE_TARGET static void CE_NAME(rescale)(void *outv, int64_t n, double f, double c,
-                                       const ce_chunk_opts *opts)
+                                       const ce_chunk_opts *opts, int64_t t, double delta)
 {
     CE_T *out = (CE_T *)outv;
     const CE_VT vf = CE_NAME(splat)((CE_CT)f), vc = CE_NAME(splat)((CE_CT)c);
+    const CE_CT d = (CE_CT)delta;
     const int has_w = opts->w != NULL, has_y = opts->y != NULL;
-    if (c == 0.0 || !opts->active) CE_NAME(rescale_body)(out, n, vf, vc, opts, 0, 0, 0);
-    else if (has_w && has_y)       CE_NAME(rescale_body)(out, n, vf, vc, opts, 1, 1, 1);
-    else if (has_w)                CE_NAME(rescale_body)(out, n, vf, vc, opts, 1, 1, 0);
-    else if (has_y)                CE_NAME(rescale_body)(out, n, vf, vc, opts, 1, 0, 1);
-    else                           CE_NAME(rescale_body)(out, n, vf, vc, opts, 1, 0, 0);
+    if (c == 0.0 || !opts->active) CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 0, 0, 0);
+    else if (has_w && has_y)       CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 1, 1, 1);
+    else if (has_w)                CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 1, 1, 0);
+    else if (has_y)                CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 1, 0, 1);
+    else                           CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 1, 0, 0);
 }
 
-/* With soft-capping the first sweep stores nothing; this recomputes
- * x' = cap * tanh(x / cap) and exp(x' - shift) and multiplies by the
- * derivative of the cap, 1 - (x' / cap)^2. Flags are decided at run time. */
-CE_TARGET static void CE_NAME(rescale_capped)(const void *xv, void *outv, int64_t n,
+/* The second sweep when the first stored nothing (soft-capping, or an
+ * output type too narrow to hold the exponentials exactly): recomputes
+ * exp(x' - shift) from x, and with soft-capping multiplies by the cap's
+ * derivative 1 - (x' / cap)^2. out may equal x. */
+CE_TARGET static void CE_NAME(rescale_from_x)(const void *xv, void *outv, int64_t n,
                                               double shift, double f, double c,
-                                              const ce_chunk_opts *opts)
+                                              const ce_chunk_opts *opts, int64_t t, double delta)
 {
     const CE_T *x = (const CE_T *)xv;
     CE_T *out = (CE_T *)outv;
     const int has_w = opts->w != NULL, has_y = opts->y != NULL;
+    const int has_cap = opts->softcap > 0.0;
     const int use_lin = opts->active && c != 0.0;
     const CE_VT vs = CE_NAME(splat)((CE_CT)shift), vf = CE_NAME(splat)((CE_CT)f);
-    const CE_VT vc = CE_NAME(splat)((CE_CT)c), inv_cap = CE_NAME(splat)((CE_CT)(1.0 / opts->softcap));
+    const CE_VT vc = CE_NAME(splat)((CE_CT)c);
+    const CE_VT inv_cap = CE_NAME(splat)((CE_CT)(has_cap ? 1.0 / opts->softcap : 0.0));
     for (int64_t i = 0; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        CE_VT v = CE_NAME(logits)(x + i, count, -(CE_CT)__builtin_inf(), opts->softcap, 1);
+        CE_VT v = CE_NAME(logits)(x + i, count, -(CE_CT)__builtin_inf(), opts->softcap, has_cap);
         CE_VT g = CE_VEXP(v - vs) * vf;
         if (use_lin) g = g - vc * CE_NAME(coef)(opts, i, count, has_w, has_y);
-        CE_VT t = v * inv_cap;
-        CE_NAME(store)(out + i, count, g * ((CE_CT)1 - t * t));
+        g = CE_NAME(add_at_target)(g, i, count, t, (CE_CT)delta);
+        if (has_cap) {
+            CE_VT u = v * inv_cap;
+            g = g * ((CE_CT)1 - u * u);
+        }
+        CE_NAME(store)(out + i, count, g);
     }
 }
 
@@ -305,6 +325,6 @@ CE_TARGET static void CE_NAME(exp_array)(const void *xv, void *yv, int64_t n)
 }
 
 const ce_leaf CE_NAME(leaf) = {
-    CE_NAME(stats), CE_NAME(rescale), CE_NAME(rescale_capped), CE_NAME(shift),
+    CE_NAME(stats), CE_NAME(rescale), CE_NAME(rescale_from_x), CE_NAME(shift),
     CE_NAME(exp_array)
 };

@@ -41,7 +41,7 @@ def _target_distribution(target, n_classes, label_smoothing, ignore_index):
 
 
 def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean",
-                  label_smoothing=0.0):
+                  label_smoothing=0.0, z_loss=0.0, softcap=None):
     """torch.nn.functional.cross_entropy with the class axis last, in float64.
 
     Per position: loss = -sum_j w_j * q_j * log_softmax(x)_j, where q is the
@@ -51,6 +51,8 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     soft targets the mean divides by the number of positions.
     """
     x = np.asarray(logits, dtype=np.float64)
+    if softcap is not None:
+        x = softcap * np.tanh(x / softcap)
     n_classes = x.shape[-1]
     w = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
     q, counted = _target_distribution(target, n_classes, label_smoothing, ignore_index)
@@ -58,7 +60,8 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     coef = w * q
     with np.errstate(invalid="ignore"):
         terms = np.where(coef != 0, -coef * logp, 0.0)
-    per_position = np.where(counted, terms.sum(axis=-1), 0.0)
+    per_position = terms.sum(axis=-1) + z_loss * logsumexp(x) ** 2
+    per_position = np.where(counted, per_position, 0.0)
     if reduction == "none":
         return per_position
     if reduction == "sum":
@@ -201,3 +204,19 @@ def binary_cross_entropy_probs(p, y, weight=None, reduction="mean"):
         log_1mp = np.maximum(np.log(1 - p), -100.0)
     loss = -w * (y * log_p + (1 - y) * log_1mp)
     return _reduce(np.broadcast_to(loss, p.shape), reduction)
+
+
+def token_stats(logits, target, ignore_index=-100):
+    """(nll with NaN at ignored positions, argmax, correct, entropy)."""
+    x = np.asarray(logits, dtype=np.float64)
+    t = np.asarray(target)
+    logp = log_softmax(x)
+    counted = t != ignore_index
+    safe = np.where(counted, t, 0)
+    nll = -np.take_along_axis(logp, safe[..., None], axis=-1)[..., 0]
+    nll = np.where(counted, nll, np.nan)
+    predicted = np.argmax(x, axis=-1)
+    correct = (predicted == t) & counted
+    p = np.exp(logp)
+    entropy = -np.sum(np.where(p > 0, p * logp, 0.0), axis=-1)
+    return nll, predicted, correct, entropy
