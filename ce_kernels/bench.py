@@ -17,7 +17,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
-from ._api import cross_entropy, cross_entropy_with_grad
+from ._api import cross_entropy, cross_entropy_with_grad, token_stats
 from ._threads import build_info, get_num_threads
 from ._version import __version__
 
@@ -83,6 +83,17 @@ def _torch_or_none():
     return torch
 
 
+def _half_dtypes():
+    """(name, dtype) of the half-precision types this installation can make."""
+    halves = [("float16", np.dtype(np.float16))]
+    try:
+        import ml_dtypes  # optional: only needed to create bfloat16 arrays
+        halves.append(("bfloat16", np.dtype(ml_dtypes.bfloat16)))
+    except ImportError:
+        pass
+    return halves
+
+
 def machine_line(threads: int) -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -122,6 +133,18 @@ def bench_shape(n: int, v: int, threads: int, repeat: int, with_numpy: bool = Tr
 
     results["ours fwd+bwd (in place)"] = time_call(
         lambda: cross_entropy_with_grad(work, target, out=work, num_threads=threads), repeat, setup=refill)
+
+    results["ours token_stats"] = time_call(
+        lambda: token_stats(logits, target, num_threads=threads), repeat)
+    for name, half in _half_dtypes():
+        half_logits = logits.astype(half)
+        results[f"ours forward {name}"] = time_call(
+            lambda: cross_entropy(half_logits, target, num_threads=threads), repeat)
+        half_buf = np.empty_like(half_logits)
+        results[f"ours fwd+bwd {name} (out=buf)"] = time_call(
+            lambda: cross_entropy_with_grad(half_logits, target, out=half_buf, num_threads=threads),
+            repeat)
+        del half_logits, half_buf
 
     if with_numpy:
         results["numpy forward"] = time_call(lambda: numpy_cross_entropy(logits, target), repeat)
@@ -163,6 +186,9 @@ def derived_ratios(shape_result: Dict[str, object]) -> Dict[str, Optional[float]
     get = t.get
     return {
         "forward / read floor": _ratio(get("ours forward"), get("read floor")),
+        "float16 forward / float32 forward": _ratio(get("ours forward float16"), get("ours forward")),
+        "bfloat16 forward / float32 forward": _ratio(get("ours forward bfloat16"), get("ours forward")),
+        "token_stats / forward": _ratio(get("ours token_stats"), get("ours forward")),
         "fwd+bwd in place / read floor": _ratio(get("ours fwd+bwd (in place)"), get("read floor")),
         "fwd+bwd out=buf / copy floor": _ratio(get("ours fwd+bwd (out=buf)"), get("copy floor")),
         "forward speedup vs numpy": _ratio(get("numpy forward"), get("ours forward")),
@@ -176,7 +202,8 @@ def format_table(shape_result: Dict[str, object]) -> str:
     n, v, nbytes = shape_result["n"], shape_result["v"], shape_result["bytes"]
     times = shape_result["times"]
     floor = times["read floor"]["min"]
-    lines = [f"(N, V) = ({n}, {v})  float32, {nbytes / 1e6:.1f} MB of logits",
+    lines = [f"(N, V) = ({n}, {v})  float32 (half-precision rows: the same values rounded), "
+             f"{nbytes / 1e6:.1f} MB of float32 logits",
              f"  {'':28s} {'min ms':>10s} {'median ms':>10s} {'GB/s read':>10s} {'x read floor':>13s}"]
     for name, t in times.items():
         gbps = nbytes / t["min"] / 1e9

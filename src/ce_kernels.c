@@ -47,6 +47,7 @@ ce_isa ce_best_isa(void)
         __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
         __builtin_cpu_supports("fma"))
         return CE_ISA_AVX512;
+    /* every CPU with AVX2 and FMA also has F16C */
     if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
         return CE_ISA_AVX2;
 #endif

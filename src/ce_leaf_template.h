@@ -194,7 +194,10 @@ CE_TARGET static void CE_NAME(stats)(const void *xv, int64_t n, void *ev,
     CE_T *e = (CE_T *)ev;
     const int has_w = opts->w != NULL, has_y = opts->y != NULL;
     const int has_cap = opts->softcap > 0.0, use_ent = opts->entropy != 0;
-    if (has_cap || use_ent) {
+    if (use_ent && !has_cap && !opts->active && e == NULL) {
+        /* token statistics */
+        CE_NAME(stats_body)(x, n, e, opts, st, 0, 0, 0, 0, 0, 1);
+    } else if (has_cap || use_ent) {
         /* Rarer options: one body with the flags decided at run time. */
         CE_NAME(stats_body)(x, n, e, opts, st, e != NULL, opts->active, has_w, has_y,
                             has_cap, use_ent);

@@ -1,7 +1,8 @@
 /*
  * Expands the chunk kernels (ce_leaf_template.h) for every element type on
  * the instruction set named by CE_ISA, with CE_TARGET as the function
- * attribute that selects it. Included once per instruction set.
+ * attribute that selects it, and CE_F16_LOAD / CE_F16_STORE / CE_BF16_LOAD
+ * as the half-precision conversions to use there. Included once per instruction set.
  */
 #define CE_CAT4_(a, b, c, d) a##b##c##d
 #define CE_CAT4(a, b, c, d) CE_CAT4_(a, b, c, d)
@@ -30,15 +31,15 @@
 #undef CE_NAME
 
 #define CE_T uint16_t
-#define CE_VLOAD ce_load_f16
-#define CE_VSTORE ce_store_f16
+#define CE_VLOAD CE_F16_LOAD
+#define CE_VSTORE CE_F16_STORE
 #define CE_NAME(x) CE_CAT4(ce_, x, _f16_, CE_ISA)
 #include "ce_leaf_template.h"
 #undef CE_VLOAD
 #undef CE_VSTORE
 #undef CE_NAME
 
-#define CE_VLOAD ce_load_bf16
+#define CE_VLOAD CE_BF16_LOAD
 #define CE_VSTORE ce_store_bf16
 #define CE_NAME(x) CE_CAT4(ce_, x, _bf16_, CE_ISA)
 #include "ce_leaf_template.h"

@@ -9,23 +9,41 @@
 
 #define CE_ISA baseline
 #define CE_TARGET
+#define CE_F16_LOAD ce_load_f16
+#define CE_F16_STORE ce_store_f16
+#define CE_BF16_LOAD ce_load_bf16
 #include "ce_leaf_types.h"
+#undef CE_BF16_LOAD
 #undef CE_ISA
 #undef CE_TARGET
+#undef CE_F16_LOAD
+#undef CE_F16_STORE
 
 #if defined(CE_HAVE_X86_DISPATCH)
 
 #define CE_ISA avx2
 #define CE_TARGET __attribute__((target("avx2,fma,f16c")))
+#define CE_F16_LOAD ce_f16_load_f16c
+#define CE_F16_STORE ce_f16_store_f16c
+#define CE_BF16_LOAD ce_bf16_load_avx2
 #include "ce_leaf_types.h"
+#undef CE_BF16_LOAD
 #undef CE_ISA
 #undef CE_TARGET
+#undef CE_F16_LOAD
+#undef CE_F16_STORE
 
 #define CE_ISA avx512
 #define CE_TARGET \
     __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma,prefer-vector-width=512")))
+#define CE_F16_LOAD ce_f16_load_x512
+#define CE_F16_STORE ce_f16_store_x512
+#define CE_BF16_LOAD ce_bf16_load_x512
 #include "ce_leaf_types.h"
+#undef CE_BF16_LOAD
 #undef CE_ISA
 #undef CE_TARGET
+#undef CE_F16_LOAD
+#undef CE_F16_STORE
 
 #endif
