@@ -409,14 +409,21 @@ def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
     if t.dtype.kind not in "iu":
         raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
     hard, _ = v.hard_targets(t, x.shape[:-1], x.shape[-1], ignore_index, None)
-    rows = v.rows_view(x)
+    flat = _token_stats_rows(v.rows_view(x), v.dtype_code(dtype), hard, ignore_index, n_threads)
+    shape = x.shape[:-1]
+    out_dtype = v.result_dtype(dtype)
+    return TokenStats(flat.nll.astype(out_dtype).reshape(shape), flat.predicted.reshape(shape),
+                      flat.correct.reshape(shape), flat.entropy.astype(out_dtype).reshape(shape))
+
+
+def _token_stats_rows(rows: np.ndarray, dtype_code: int, hard: np.ndarray, ignore_index: int,
+                      n_threads: int) -> TokenStats:
+    """Token statistics of 2-D rows the kernels accept, with checked int64
+    targets; float64 NLL and entropy, one entry per row."""
     n = rows.shape[0]
     nll, ent = np.empty(n), np.empty(n)
     predicted = np.empty(n, dtype=np.int64)
-    _core.run(_core.MODE_TOKEN_STATS, v.dtype_code(dtype), rows, None, hard, ignore_index,
+    _core.run(_core.MODE_TOKEN_STATS, dtype_code, rows, None, hard, ignore_index,
               None, None, 0.0, 0.0, 1.0, None, nll, n_threads, 0.0, 0.0, ent, predicted)
-    shape = x.shape[:-1]
     correct = (predicted == hard) & (hard != ignore_index)
-    out_dtype = v.result_dtype(dtype)
-    return TokenStats(nll.astype(out_dtype).reshape(shape), predicted.reshape(shape),
-                      correct.reshape(shape), ent.astype(out_dtype).reshape(shape))
+    return TokenStats(nll, predicted, correct, ent)

@@ -55,11 +55,68 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE.png", default=None,
                        help="also draw throughput vs vocabulary size and vs thread count "
                             "(needs matplotlib)")
+
+    ev = sub.add_parser(
+        "eval", help="score a saved logits file against token ids",
+        description="Scores LOGITS (.npy of shape (..., V): float16, bfloat16 as saved by "
+                    "ml_dtypes, float32 or float64) against TARGETS (.npy of integer token ids of "
+                    "shape LOGITS.shape[:-1]), streaming the memory-mapped logits in chunks of "
+                    "rows. Prints tokens scored and ignored, mean NLL, bits per token, "
+                    "perplexity, top-1 accuracy and mean predictive entropy.")
+    ev.add_argument("logits", metavar="LOGITS", help=".npy file of logits, shape (..., V)")
+    ev.add_argument("targets", metavar="TARGETS", help=".npy file of token ids, shape (...)")
+    ev.add_argument("--shift", action="store_true",
+                    help="next-token scoring: position t is scored against token t+1 along the "
+                         "sequence axis (the second-to-last axis of LOGITS)")
+    ev.add_argument("--ignore-index", type=int, default=-100, metavar="N",
+                    help="token id that marks positions not to score (default -100)")
+    ev.add_argument("--chunk-rows", type=positive_int, default=None, metavar="K",
+                    help="positions per chunk (default: about 256 MB of logits)")
+    ev.add_argument("--threads", type=positive_int, default=None, metavar="T",
+                    help="threads (default: ce_kernels.get_num_threads())")
+    ev.add_argument("--per-token", metavar="OUT.npy", default=None,
+                    help="write the NLL of every scored position (float32, NaN where ignored)")
+    ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
     return parser
+
+
+def run_eval(args) -> int:
+    import json
+    import math
+
+    from .evaluate import EvalError, evaluate
+
+    try:
+        result = evaluate(args.logits, args.targets, shift=args.shift,
+                          ignore_index=args.ignore_index, chunk_rows=args.chunk_rows,
+                          threads=args.threads, per_token=args.per_token)
+    except EvalError as exc:
+        print(f"ce-kernels eval: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("ce-kernels eval: error: out of memory; use a smaller --chunk-rows", file=sys.stderr)
+        return 2
+    if args.json:
+        clean = {k: (None if isinstance(val, float) and math.isnan(val) else val)
+                 for k, val in result.items()}
+        print(json.dumps(clean))
+    else:
+        print(f"tokens scored     {result['tokens']}")
+        print(f"tokens ignored    {result['ignored']}")
+        print(f"mean NLL (nats)   {result['nll']:.6f}")
+        print(f"bits per token    {result['bits_per_token']:.6f}")
+        print(f"perplexity        {result['perplexity']:.4f}")
+        print(f"top-1 accuracy    {result['accuracy']:.6f}")
+        print(f"mean entropy      {result['entropy']:.6f}")
+        if args.per_token:
+            print(f"per-token NLL     {args.per_token}")
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "eval":
+        return run_eval(args)
     if args.command == "bench":
         from . import bench
 

@@ -1,0 +1,226 @@
+"""Scoring saved model outputs: the engine of ``ce-kernels eval``.
+
+The logits file is memory-mapped and streamed in chunks of rows; pages of a
+finished chunk are handed back to the operating system, so the resident
+memory stays near one chunk whatever the size of the file. Each chunk goes
+through the token-statistics kernel once (NLL, argmax, entropy in one pass).
+"""
+from __future__ import annotations
+
+import math
+import mmap
+import os
+import sys
+from typing import Dict, Iterator, Optional, Tuple
+
+import numpy as np
+
+from . import _api
+from . import _core
+from . import _threads
+from . import _validation as v
+
+#: Default rows per chunk: about 256 MB of float32 logits at V = 32000.
+DEFAULT_CHUNK_BYTES = 256 * 2**20
+
+
+class EvalError(Exception):
+    """A problem with the user's input, reported as one line (exit status 2)."""
+
+
+# ---- loading ------------------------------------------------------------------------
+
+def _open_npy(path: str, what: str) -> np.ndarray:
+    if not os.path.exists(path):
+        raise EvalError(f"{what} file not found: {path}")
+    if os.path.isdir(path):
+        raise EvalError(f"{what} is a directory, not a .npy file: {path}")
+    if os.path.getsize(path) == 0:
+        raise EvalError(f"{what} file is empty: {path}")
+    with open(path, "rb") as f:
+        if f.read(6) != b"\x93NUMPY":
+            raise EvalError(f"{what} is not a .npy file (no NumPy header): {path}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:  # not a .npy, truncated, object arrays...
+        raise EvalError(f"{what} is not a readable .npy file: {path} ({exc})") from None
+
+
+def _logits_dtype_code(arr: np.ndarray, path: str) -> int:
+    """Kernel dtype code; a 2-byte void array is bfloat16 as ml_dtypes saves it."""
+    dt = arr.dtype
+    if dt.kind == "V" and dt.itemsize == 2 and dt.fields is None:
+        return _core.DTYPE_BFLOAT16
+    if v.is_bfloat16(dt):
+        return _core.DTYPE_BFLOAT16
+    for code, ok in ((_core.DTYPE_FLOAT16, np.float16), (_core.DTYPE_FLOAT32, np.float32),
+                     (_core.DTYPE_FLOAT64, np.float64)):
+        if dt.kind == "f" and dt.itemsize == np.dtype(ok).itemsize:
+            return code
+    raise EvalError(f"LOGITS has unsupported dtype {dt} ({path}); expected float16, bfloat16, "
+                    f"float32 or float64")
+
+
+def load_inputs(logits_path: str, targets_path: str) -> Tuple[np.ndarray, int, np.ndarray]:
+    """(logits memmap, kernel dtype code, targets memmap), checked."""
+    logits = _open_npy(logits_path, "LOGITS")
+    targets = _open_npy(targets_path, "TARGETS")
+    code = _logits_dtype_code(logits, logits_path)
+    if logits.ndim < 1 or logits.shape[-1] == 0:
+        raise EvalError(f"LOGITS must have shape (..., V) with V >= 1, got {logits.shape}")
+    if targets.dtype.kind not in "iu":
+        raise EvalError(f"TARGETS must hold integer token ids, got dtype {targets.dtype}")
+    if targets.shape != logits.shape[:-1]:
+        raise EvalError(f"TARGETS has shape {targets.shape}, expected {logits.shape[:-1]} "
+                        f"(the shape of LOGITS without its last axis)")
+    if logits.size == 0:
+        raise EvalError(f"LOGITS holds no positions (shape {logits.shape})")
+    if not logits.dtype.isnative and logits.dtype.kind == "f":
+        raise EvalError("LOGITS is stored in non-native byte order; convert it with "
+                        "arr.astype(arr.dtype.newbyteorder('='))")
+    return logits, code, targets
+
+
+# ---- streaming ----------------------------------------------------------------------
+
+def _segments(logits: np.ndarray, targets: np.ndarray, shift: bool):
+    """(2-D rows of logits, 1-D targets, flat index of their first position in
+    the output) for each contiguous run of scored positions. With ``shift``,
+    position t of each sequence (the second-to-last axis) is scored against
+    token t + 1, and the last position of each sequence is not scored."""
+    v_size = logits.shape[-1]
+    if not shift:
+        yield logits.reshape(-1, v_size), targets.reshape(-1), 0
+        return
+    if logits.ndim < 2:
+        raise EvalError("--shift needs a sequence axis: LOGITS of shape (..., T, V)")
+    seq = logits.shape[-2]
+    if seq < 2:
+        raise EvalError("--shift needs sequences of at least 2 positions")
+    lead = logits.reshape(-1, seq, v_size)
+    lead_targets = targets.reshape(-1, seq)
+    for b in range(lead.shape[0]):
+        yield lead[b, :-1], lead_targets[b, 1:], b * (seq - 1)
+
+
+def _release(arr: np.ndarray) -> None:
+    """Tell the OS the pages of a memory-mapped chunk are no longer needed."""
+    base = arr
+    while base is not None and not isinstance(base, mmap.mmap):
+        base = getattr(base, "base", None)
+    if base is None or not hasattr(base, "madvise") or not hasattr(mmap, "MADV_DONTNEED"):
+        return
+    start = arr.__array_interface__["data"][0]
+    buffer_start = np.frombuffer(base, dtype=np.uint8, count=0).__array_interface__["data"][0]
+    offset = start - buffer_start
+    page = mmap.PAGESIZE
+    lo = (offset // page) * page
+    hi = offset + arr.nbytes
+    if hi > lo:
+        try:
+            base.madvise(mmap.MADV_DONTNEED, lo, min(hi, len(base)) - lo)
+        except (OSError, ValueError):
+            pass
+
+
+def _chunks(rows: np.ndarray, chunk_rows: int) -> Iterator[Tuple[int, int]]:
+    for start in range(0, rows.shape[0], chunk_rows):
+        yield start, min(start + chunk_rows, rows.shape[0])
+
+
+def _progress(total: int, enabled: bool):
+    if not enabled or not sys.stderr.isatty():
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="tok", unit_scale=True, file=sys.stderr, mininterval=0.5,
+                delay=1.0)
+
+
+def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
+             ignore_index: int = -100, chunk_rows: Optional[int] = None,
+             threads: Optional[int] = None, per_token: Optional[str] = None,
+             progress: bool = True) -> Dict[str, float]:
+    """Score a saved logits file against token ids.
+
+    Returns a dict with ``tokens`` (positions scored), ``ignored``, ``nll``
+    (mean, nats), ``bits_per_token``, ``perplexity``, ``accuracy`` (top-1),
+    ``entropy`` (mean predictive entropy over scored positions, nats),
+    ``vocab``, ``chunk_rows`` and ``positions``.
+    """
+    logits, code, targets = load_inputs(logits_path, targets_path)
+    n_threads = _threads.resolve(threads)
+    v_size = logits.shape[-1]
+    if chunk_rows is None:
+        chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (v_size * logits.dtype.itemsize))
+    out_shape = logits.shape[:-1]
+    if shift:
+        out_shape = out_shape[:-1] + (out_shape[-1] - 1,) if len(out_shape) >= 1 else out_shape
+    per_token_out = None
+    if per_token is not None:
+        try:
+            per_token_out = np.lib.format.open_memmap(per_token, mode="w+", dtype=np.float32,
+                                                      shape=out_shape)
+        except OSError as exc:
+            raise EvalError(f"cannot write --per-token file {per_token}: {exc}") from None
+    flat_out = per_token_out.reshape(-1) if per_token_out is not None else None
+
+    scored = ignored = correct = 0
+    nll_sum = entropy_sum = 0.0
+    total_positions = int(np.prod(out_shape)) if len(out_shape) else 1
+    bar = _progress(total_positions, progress)
+    for rows, row_targets, out_start in _segments(logits, targets, shift):
+        for start, stop in _chunks(rows, chunk_rows):
+            chunk = rows[start:stop]
+            t = np.ascontiguousarray(row_targets[start:stop], dtype=np.int64)
+            bad, _, _ = _core.check_targets(t, v_size, ignore_index, None)
+            if bad >= 0:
+                flat = out_start + start + bad
+                where = _target_position(flat, targets.shape, shift)
+                raise EvalError(f"token id {int(t[bad])} at TARGETS{list(where)} is out of range "
+                                f"[0, {v_size}) and is not --ignore-index ({ignore_index})")
+            stats = _api._token_stats_rows(chunk, code, t, ignore_index, n_threads)
+            counted = t != ignore_index
+            n_counted = int(np.count_nonzero(counted))
+            scored += n_counted
+            ignored += t.size - n_counted
+            nll_sum += float(np.sum(stats.nll[counted], dtype=np.float64))
+            entropy_sum += float(np.sum(stats.entropy[counted], dtype=np.float64))
+            correct += int(np.count_nonzero(stats.correct))
+            if flat_out is not None:
+                flat_out[out_start + start: out_start + stop] = stats.nll
+            _release(chunk)
+            if bar is not None:
+                bar.update(stop - start)
+    if bar is not None:
+        bar.close()
+    if per_token_out is not None:
+        per_token_out.flush()
+        del per_token_out
+    mean_nll = nll_sum / scored if scored else math.nan
+    return {
+        "tokens": scored,
+        "ignored": ignored,
+        "nll": mean_nll,
+        "bits_per_token": mean_nll / math.log(2) if scored else math.nan,
+        "perplexity": math.exp(mean_nll) if scored else math.nan,
+        "accuracy": correct / scored if scored else math.nan,
+        "entropy": entropy_sum / scored if scored else math.nan,
+        "vocab": v_size,
+        "positions": total_positions,
+        "chunk_rows": chunk_rows,
+    }
+
+
+def _target_position(flat_scored: int, target_shape: Tuple[int, ...], shift: bool):
+    """Index into TARGETS of the flat scored position (shifted by one token
+    along the sequence axis with --shift)."""
+    if not shift:
+        return [int(i) for i in np.unravel_index(flat_scored, target_shape)]
+    seq = target_shape[-1]
+    lead_shape = target_shape[:-1]
+    b, t = divmod(flat_scored, seq - 1)
+    lead = [int(i) for i in np.unravel_index(b, lead_shape)] if lead_shape else []
+    return lead + [t + 1]
