@@ -292,7 +292,7 @@ def log_softmax(x: Any, axis: int = -1, out: Optional[np.ndarray] = None) -> np.
 
     Parameters
     ----------
-    x : array_like of float32 or float64
+    x : array_like of float32, float64, float16 or bfloat16
     axis : int, default -1
     out : ndarray, optional
         Same shape and dtype as ``x``; may be ``x`` itself.
@@ -310,7 +310,7 @@ def softmax(x: Any, axis: int = -1, out: Optional[np.ndarray] = None) -> np.ndar
 
     Parameters
     ----------
-    x : array_like of float32 or float64
+    x : array_like of float32, float64, float16 or bfloat16
     axis : int, default -1
     out : ndarray, optional
         Same shape and dtype as ``x``; may be ``x`` itself.
@@ -328,7 +328,7 @@ def logsumexp(x: Any, axis: int = -1):
 
     Parameters
     ----------
-    x : array_like of float32 or float64
+    x : array_like of float32, float64, float16 or bfloat16
     axis : int, default -1
 
     Returns

@@ -79,16 +79,25 @@ static void dist_row(const ce_dist_problem *pr, int64_t r)
     if (pr->q_negative) pr->q_negative[r] = (uint8_t)q_neg;
 }
 
-int ce_dist_run(const ce_dist_problem *pr, int n_threads)
+/* Calls row(problem, r) for every row, spread over threads by rows. */
+static int for_each_row(const void *problem, void (*row)(const void *, int64_t),
+                        int64_t n_rows, int64_t n_cols, int n_threads)
 {
-    if (pr->n_rows < 0 || pr->n_cols < 0) return CE_ERR_ARGS;
-    const int nt = threads_for(pr->n_rows * pr->n_cols, n_threads);
+    if (n_rows < 0 || n_cols < 0) return CE_ERR_ARGS;
+    const int nt = threads_for(n_rows * n_cols, n_threads);
     (void)nt;
 #ifdef _OPENMP
     #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
 #endif
-    for (int64_t r = 0; r < pr->n_rows; ++r) dist_row(pr, r);
+    for (int64_t r = 0; r < n_rows; ++r) row(problem, r);
     return CE_OK;
+}
+
+static void dist_row_any(const void *pr, int64_t r) { dist_row((const ce_dist_problem *)pr, r); }
+
+int ce_dist_run(const ce_dist_problem *pr, int n_threads)
+{
+    return for_each_row(pr, dist_row_any, pr->n_rows, pr->n_cols, n_threads);
 }
 
 /* ---- binary cross-entropy ---------------------------------------------- */
@@ -152,16 +161,11 @@ static void bce_row(const ce_bce_problem *pr, int64_t r)
     if (pr->row_out) pr->row_out[r] = row_sum;
 }
 
+static void bce_row_any(const void *pr, int64_t r) { bce_row((const ce_bce_problem *)pr, r); }
+
 int ce_bce_run(const ce_bce_problem *pr, int n_threads)
 {
-    if (pr->n_rows < 0 || pr->n_cols < 0) return CE_ERR_ARGS;
-    const int nt = threads_for(pr->n_rows * pr->n_cols, n_threads);
-    (void)nt;
-#ifdef _OPENMP
-    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-    for (int64_t r = 0; r < pr->n_rows; ++r) bce_row(pr, r);
-    return CE_OK;
+    return for_each_row(pr, bce_row_any, pr->n_rows, pr->n_cols, n_threads);
 }
 
 /* ---- sigmoid ------------------------------------------------------------ */
