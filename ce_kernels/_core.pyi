@@ -8,14 +8,37 @@ MODE_LOSS_GRAD: int
 MODE_LOGSUMEXP: int
 MODE_SOFTMAX: int
 MODE_LOG_SOFTMAX: int
+MODE_TOKEN_STATS: int
+DTYPE_FLOAT32: int
+DTYPE_FLOAT64: int
+DTYPE_FLOAT16: int
+DTYPE_BFLOAT16: int
+DIST_ENTROPY: int
+DIST_CROSS_ENTROPY: int
+DIST_KL: int
+BCE_LOGITS: int
+BCE_PROBS: int
+SIGMOID: int
+LOG_SIGMOID: int
 ISA_NAMES: Dict[int, str]
 
-def run(mode: int, x: np.ndarray, out: Optional[np.ndarray], target: Optional[np.ndarray],
-        ignore_index: int, soft: Optional[np.ndarray], weight: Optional[np.ndarray],
-        weight_sum: float, smoothing: float, grad_scale: float,
-        row_scale: Optional[np.ndarray], row_out: Optional[np.ndarray], n_threads: int) -> None: ...
+def run(mode: int, dtype: int, x: np.ndarray, out: Optional[np.ndarray],
+        target: Optional[np.ndarray], ignore_index: int, soft: Optional[np.ndarray],
+        weight: Optional[np.ndarray], weight_sum: float, smoothing: float, grad_scale: float,
+        row_scale: Optional[np.ndarray], row_out: Optional[np.ndarray], n_threads: int,
+        z_loss: float = ..., softcap: float = ..., row_entropy: Optional[np.ndarray] = ...,
+        row_argmax: Optional[np.ndarray] = ...) -> None: ...
 def check_targets(target: np.ndarray, n_classes: int, ignore_index: int,
                   weight: Optional[np.ndarray]) -> Tuple[int, int, float]: ...
+def dist_run(mode: int, p: np.ndarray, q: Optional[np.ndarray], row_out: np.ndarray,
+             p_sum: Optional[np.ndarray], q_sum: Optional[np.ndarray],
+             p_negative: Optional[np.ndarray], q_negative: Optional[np.ndarray],
+             n_threads: int) -> None: ...
+def bce_run(mode: int, x: np.ndarray, y: np.ndarray, weight: Optional[np.ndarray],
+            pos_weight: Optional[np.ndarray], grad_output: Optional[np.ndarray],
+            grad_scale: float, elem_out: Optional[np.ndarray], row_out: Optional[np.ndarray],
+            grad: Optional[np.ndarray], n_threads: int) -> None: ...
+def sigmoid_run(mode: int, x: np.ndarray, out: np.ndarray, n_threads: int) -> None: ...
 def default_threads() -> int: ...
 def openmp_enabled() -> bool: ...
 def active_isa() -> str: ...
