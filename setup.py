@@ -19,9 +19,10 @@ from setuptools.command.build_ext import build_ext
 DEBUG = os.environ.get("CE_KERNELS_DEBUG", "") not in ("", "0")
 NO_OPENMP = os.environ.get("CE_KERNELS_NO_OPENMP", "") not in ("", "0")
 
-# Portable optimisation only: no -march=native (the wheel must run on any
-# x86-64; the instruction set is chosen at run time) and no -ffast-math
-# (NaN and inf keep their meaning). Errno and FP traps are not used.
+# Portable optimisation only: no tuning for the build machine's CPU (the
+# wheel must run on any x86-64; the instruction set is chosen at run time)
+# and no fast-math (NaN and inf keep their meaning). Errno and FP traps are
+# not used.
 OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
 COMMON_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
 

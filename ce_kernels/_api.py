@@ -35,20 +35,14 @@ class _Targets:
 
 def _prepare_targets(target: Any, logits: np.ndarray, weight: Optional[np.ndarray],
                      ignore_index: int) -> _Targets:
-    try:
-        t = np.asarray(target)
-    except Exception as exc:
-        raise TypeError(f"target must be array-like: {exc}") from None
+    t = v.as_array(target, "target", "iuf",
+                   "integer class indices or float probabilities")
     batch_shape, n_classes = logits.shape[:-1], logits.shape[-1]
     if t.dtype.kind in "iu":
         hard, denominator = v.hard_targets(t, batch_shape, n_classes, ignore_index, weight)
         return _Targets(hard, None, denominator)
-    if t.dtype.kind == "f":
-        soft = v.soft_targets(t, logits.shape, logits.dtype.newbyteorder("="))
-        return _Targets(None, soft, float(soft.shape[0]))
-    raise TypeError(
-        f"target must hold integer class indices or float probabilities, got dtype {t.dtype}"
-    )
+    soft = v.soft_targets(t, logits.shape, logits.dtype.newbyteorder("="))
+    return _Targets(None, soft, float(soft.shape[0]))
 
 
 def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
@@ -402,12 +396,7 @@ def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
     dtype = x.dtype.newbyteorder("=")
     if x.shape[-1] == 0:
         raise ValueError("logits must have at least one class (its last axis has length 0)")
-    try:
-        t = np.asarray(target)
-    except Exception as exc:
-        raise TypeError(f"target must be array-like: {exc}") from None
-    if t.dtype.kind not in "iu":
-        raise TypeError(f"target must hold integer class indices, got dtype {t.dtype}")
+    t = v.as_array(target, "target", "iu", "integer class indices")
     hard, _ = v.hard_targets(t, x.shape[:-1], x.shape[-1], ignore_index, None)
     flat = _token_stats_rows(v.rows_view(x), v.dtype_code(dtype), hard, ignore_index, n_threads)
     shape = x.shape[:-1]

@@ -181,12 +181,7 @@ def _broadcast_rows(value: Any, name: str, shape: Tuple[int, ...], dtype: np.dty
     zero strides allowed (copied only if the broadcast cannot be viewed so)."""
     if value is None:
         return None
-    try:
-        arr = np.asarray(value)
-    except Exception as exc:
-        raise TypeError(f"{name} must be array-like of numbers: {exc}") from None
-    if arr.dtype.kind not in "fiu":
-        raise TypeError(f"{name} must be a real numeric array, got dtype {arr.dtype}")
+    arr = v.as_array(value, name, "fiu", "a real numeric array")
     try:
         full = np.broadcast_to(arr.astype(dtype, copy=False), shape)
     except ValueError:
@@ -202,12 +197,7 @@ def _broadcast_rows(value: Any, name: str, shape: Tuple[int, ...], dtype: np.dty
 def _bce_inputs(x: Any, target: Any, x_name: str):
     X = v.as_float_array(x, x_name) if np.ndim(x) > 0 else _as_float_scalar(x, x_name)
     dtype = X.dtype.newbyteorder("=")
-    try:
-        T = np.asarray(target)
-    except Exception as exc:
-        raise TypeError(f"target must be array-like of numbers: {exc}") from None
-    if T.dtype.kind not in "fiub":
-        raise TypeError(f"target must be numeric, got dtype {T.dtype}")
+    T = v.as_array(target, "target", "fiub", "numeric")
     if T.shape != X.shape:
         raise ValueError(f"target has shape {T.shape}, expected the shape of {x_name} {X.shape}")
     return X, T.astype(dtype, copy=False), dtype

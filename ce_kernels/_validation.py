@@ -44,6 +44,18 @@ def result_dtype(dtype: np.dtype) -> np.dtype:
     return np.dtype(np.float32) if is_half(dtype) else dtype
 
 
+def as_array(value: Any, name: str, kinds: str, description: str) -> np.ndarray:
+    """``value`` as an ndarray whose dtype kind is one of ``kinds``; a
+    TypeError naming ``name`` and ``description`` otherwise."""
+    try:
+        arr = np.asarray(value)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} must be {description}: {exc}") from None
+    if arr.dtype.kind not in kinds:
+        raise TypeError(f"{name} must be {description}, got dtype {arr.dtype}")
+    return arr
+
+
 def as_float_array(value: Any, name: str, allow_half: bool = False) -> np.ndarray:
     """``value`` as a float32/float64 ndarray with at least one dimension
     (also float16 and bfloat16 when ``allow_half``)."""
@@ -211,12 +223,7 @@ def soft_targets(target: np.ndarray, logits_shape: Tuple[int, ...], dtype: np.dt
 
 
 def class_weights(weight: Any, n_classes: int, dtype: np.dtype) -> np.ndarray:
-    try:
-        w = np.asarray(weight)
-    except Exception as exc:
-        raise TypeError(f"weight must be array-like of floats: {exc}") from None
-    if w.dtype.kind not in "fiu" or w.dtype.kind == "b":
-        raise TypeError(f"weight must be a real numeric array, got dtype {w.dtype}")
+    w = as_array(weight, "weight", "fiu", "a real numeric array")
     if w.shape != (n_classes,):
         raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
     return np.ascontiguousarray(w, dtype=dtype)
