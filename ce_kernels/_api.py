@@ -41,7 +41,7 @@ def _prepare_targets(target: Any, logits: np.ndarray, weight: Optional[np.ndarra
     if t.dtype.kind in "iu":
         hard, denominator = v.hard_targets(t, batch_shape, n_classes, ignore_index, weight)
         return _Targets(hard, None, denominator)
-    soft = v.soft_targets(t, logits.shape, logits.dtype.newbyteorder("="))
+    soft = v.soft_targets(t, logits.shape, v.native(logits.dtype))
     return _Targets(None, soft, float(soft.shape[0]))
 
 
@@ -55,7 +55,7 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
     z = v.check_z_loss(z_loss) if z_loss != 0.0 else 0.0
     cap = v.check_softcap(softcap)
     n_threads = _threads.resolve(num_threads)
-    dtype = x.dtype.newbyteorder("=")
+    dtype = v.native(x.dtype)
     n_classes = x.shape[-1]
     if n_classes == 0:
         raise ValueError("logits must have at least one class (its last axis has length 0)")
@@ -264,7 +264,7 @@ def _moved_rows(x: np.ndarray, axis: int) -> np.ndarray:
 def _normalize_call(mode: int, x: Any, axis: Any, out: Any, name: str):
     arr = v.as_float_array(x, "x", allow_half=True)
     ax = v.check_axis(axis, arr.ndim)
-    dtype = arr.dtype.newbyteorder("=")
+    dtype = v.native(arr.dtype)
     if out is None:
         result = np.empty(arr.shape, dtype=dtype)
     else:
@@ -333,7 +333,7 @@ def logsumexp(x: Any, axis: int = -1):
     """
     arr = v.as_float_array(x, "x", allow_half=True)
     ax = v.check_axis(axis, arr.ndim)
-    dtype = arr.dtype.newbyteorder("=")
+    dtype = v.native(arr.dtype)
     out_dtype = v.result_dtype(dtype)
     out_shape = arr.shape[:ax] + arr.shape[ax + 1:]
     if arr.shape[ax] == 0:
@@ -393,7 +393,7 @@ def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
     x = v.as_float_array(logits, "logits", allow_half=True)
     ignore_index = v.check_ignore_index(ignore_index)
     n_threads = _threads.resolve(num_threads)
-    dtype = x.dtype.newbyteorder("=")
+    dtype = v.native(x.dtype)
     if x.shape[-1] == 0:
         raise ValueError("logits must have at least one class (its last axis has length 0)")
     t = v.as_array(target, "target", "iu", "integer class indices")

@@ -75,7 +75,7 @@ def _distribution_call(mode: int, p: Any, q: Any, base: Any, axis: Any, validate
     ax = v.check_axis(axis, P.ndim)
     divisor = _log_base(base)
     n_threads = _threads.resolve(num_threads)
-    dtype = np.result_type(*[a.dtype.newbyteorder("=") for a in arrays])
+    dtype = np.result_type(*[v.native(a.dtype) for a in arrays])
     batch_shape = P.shape[:ax] + P.shape[ax + 1:]
     p_rows = _distribution_rows(P, ax, dtype)
     q_rows = _distribution_rows(Q, ax, dtype) if q is not None else None
@@ -196,7 +196,7 @@ def _broadcast_rows(value: Any, name: str, shape: Tuple[int, ...], dtype: np.dty
 
 def _bce_inputs(x: Any, target: Any, x_name: str):
     X = v.as_float_array(x, x_name) if np.ndim(x) > 0 else _as_float_scalar(x, x_name)
-    dtype = X.dtype.newbyteorder("=")
+    dtype = v.native(X.dtype)
     T = v.as_array(target, "target", "fiub", "numeric")
     if T.shape != X.shape:
         raise ValueError(f"target has shape {T.shape}, expected the shape of {x_name} {X.shape}")
@@ -205,7 +205,7 @@ def _bce_inputs(x: Any, target: Any, x_name: str):
 
 def _as_float_scalar(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x)
-    if arr.dtype.kind != "f" or arr.dtype.newbyteorder("=") not in v.SUPPORTED_DTYPES:
+    if arr.dtype.kind != "f" or v.native(arr.dtype) not in v.SUPPORTED_DTYPES:
         return v.as_float_array(np.atleast_1d(arr), name).reshape(())
     return arr
 
@@ -339,7 +339,7 @@ def binary_cross_entropy_probs(probs: Any, target: Any, *, weight: Any = None,
 
 def _elementwise(mode: int, x: Any, out: Any):
     X = v.as_float_array(x, "x") if np.ndim(x) > 0 else _as_float_scalar(x, "x")
-    dtype = X.dtype.newbyteorder("=")
+    dtype = v.native(X.dtype)
     src = np.ascontiguousarray(X, dtype=dtype)
     if out is None:
         result = np.empty(X.shape, dtype=dtype)

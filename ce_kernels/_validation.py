@@ -21,20 +21,26 @@ REDUCTIONS = ("mean", "sum", "none")
 
 def is_bfloat16(dtype: np.dtype) -> bool:
     """The ml_dtypes bfloat16 NumPy dtype (recognised without importing ml_dtypes)."""
-    return dtype.name == "bfloat16" and dtype.itemsize == 2
+    return dtype.kind == "V" and dtype.itemsize == 2 and dtype.name == "bfloat16"
 
 
 def is_half(dtype: np.dtype) -> bool:
-    return dtype == np.float16 or is_bfloat16(dtype)
+    return dtype.char == "e" or is_bfloat16(dtype)
+
+
+def native(dtype: np.dtype) -> np.dtype:
+    """``dtype`` in native byte order."""
+    return dtype if dtype.isnative else dtype.newbyteorder("=")
 
 
 def dtype_code(dtype: np.dtype) -> int:
     """The kernels' code for a (native) supported dtype."""
-    if dtype == np.float32:
+    char = dtype.char
+    if char == "f":
         return _core.DTYPE_FLOAT32
-    if dtype == np.float64:
+    if char == "d":
         return _core.DTYPE_FLOAT64
-    if dtype == np.float16:
+    if char == "e":
         return _core.DTYPE_FLOAT16
     return _core.DTYPE_BFLOAT16
 
@@ -63,7 +69,7 @@ def as_float_array(value: Any, name: str, allow_half: bool = False) -> np.ndarra
         arr = np.asarray(value)
     except Exception as exc:  # ragged lists and the like
         raise TypeError(f"{name} must be array-like of floats: {exc}") from None
-    if allow_half and is_half(arr.dtype.newbyteorder("=")):
+    if allow_half and is_half(arr.dtype):
         if arr.ndim == 0:
             raise ValueError(f"{name} must have at least one dimension (the class axis), got a 0-d array")
         return arr
@@ -77,7 +83,7 @@ def as_float_array(value: Any, name: str, allow_half: bool = False) -> np.ndarra
         )
     if kind != "f":
         raise TypeError(f"{name} must be a numeric floating-point array, got dtype {arr.dtype}")
-    if arr.dtype.newbyteorder("=") not in SUPPORTED_DTYPES:
+    if native(arr.dtype) not in SUPPORTED_DTYPES:
         supported = "float32, float64, float16 and bfloat16" if allow_half else "float32 and float64"
         raise TypeError(f"{name} has dtype {arr.dtype}; supported dtypes are {supported}")
     if arr.ndim == 0:
