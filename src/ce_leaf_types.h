@@ -1,8 +1,9 @@
 /*
  * Expands the chunk kernels (ce_leaf_template.h) for every element type on
  * the instruction set named by CE_ISA, with CE_TARGET as the function
- * attribute that selects it, and CE_F16_LOAD / CE_F16_STORE / CE_BF16_LOAD
- * as the half-precision conversions to use there. Included once per instruction set.
+ * attribute that selects it, CE_F16_LOAD / CE_F16_STORE / CE_BF16_LOAD as
+ * the half-precision conversions and CE_EXP_F32 as the float exponential to
+ * use there. Included once per instruction set.
  */
 #define CE_CAT4_(a, b, c, d) a##b##c##d
 #define CE_CAT4(a, b, c, d) CE_CAT4_(a, b, c, d)
@@ -13,7 +14,7 @@
 #define CE_VIT ce_vi32
 #define CE_W 16
 #define CE_IOTA ((ce_vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
-#define CE_VEXP ce_exp_f
+#define CE_VEXP CE_EXP_F32
 #define CE_SOFTCAP ce_softcap_f
 #define CE_SELECT ce_select_f
 #define CE_ACC ce_acc_f

@@ -12,8 +12,10 @@
 #define CE_F16_LOAD ce_load_f16
 #define CE_F16_STORE ce_store_f16
 #define CE_BF16_LOAD ce_load_bf16
+#define CE_EXP_F32 ce_exp_f
 #include "ce_leaf_types.h"
 #undef CE_BF16_LOAD
+#undef CE_EXP_F32
 #undef CE_ISA
 #undef CE_TARGET
 #undef CE_F16_LOAD
@@ -26,8 +28,10 @@
 #define CE_F16_LOAD ce_f16_load_f16c
 #define CE_F16_STORE ce_f16_store_f16c
 #define CE_BF16_LOAD ce_bf16_load_avx2
+#define CE_EXP_F32 ce_exp_f
 #include "ce_leaf_types.h"
 #undef CE_BF16_LOAD
+#undef CE_EXP_F32
 #undef CE_ISA
 #undef CE_TARGET
 #undef CE_F16_LOAD
@@ -39,8 +43,10 @@
 #define CE_F16_LOAD ce_f16_load_x512
 #define CE_F16_STORE ce_f16_store_x512
 #define CE_BF16_LOAD ce_bf16_load_x512
+#define CE_EXP_F32 ce_exp_f_x512
 #include "ce_leaf_types.h"
 #undef CE_BF16_LOAD
+#undef CE_EXP_F32
 #undef CE_ISA
 #undef CE_TARGET
 #undef CE_F16_LOAD
