@@ -208,8 +208,27 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     >>> round(float(ck.cross_entropy(logits, np.array([0]))), 6)
     0.417030
     """
+    if (weight is None and reduction == "mean" and label_smoothing == 0.0 and z_loss == 0.0
+            and softcap is None and type(logits) is np.ndarray and type(target) is np.ndarray):
+        loss = _small_mean_loss(logits, target, ignore_index, num_threads)
+        if loss is not None:
+            return loss
     return _loss_call(logits, target, weight, ignore_index, reduction, label_smoothing,
                       num_threads, want_grad=False, z_loss=z_loss, softcap=softcap)
+
+
+def _small_mean_loss(x: np.ndarray, t: np.ndarray, ignore_index: Any, num_threads: Any):
+    """The common tiny call (a few rows, class indices, mean, no options)
+    without the general path's conversions; None when it does not apply."""
+    if not (x.ndim == 2 and 0 < x.shape[0] < 8 and x.shape[1] > 0 and x.dtype.char in "fd"
+            and x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative
+            and t.shape == (x.shape[0],) and t.dtype.char in "lq" and t.itemsize == 8
+            and t.flags.c_contiguous and t.dtype.isnative and type(ignore_index) is int
+            and -(2**63) <= ignore_index < 2**63):
+        return None
+    loss = _core.small_mean_loss(x, t, ignore_index, v.dtype_code(x.dtype),
+                                 _threads.resolve(num_threads))
+    return None if loss is None else x.dtype.type(loss)
 
 
 def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,

@@ -382,3 +382,58 @@ def sigmoid_run(int mode, cnp.ndarray x, cnp.ndarray out, int n_threads):
         status = ce_sigmoid_run(dt, <ce_sigmoid_mode>mode, src, dst, n, n_threads)
     if status != CE_OK:
         raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+
+
+def small_mean_loss(cnp.ndarray x, cnp.ndarray target, int64_t ignore_index, int dtype, int n_threads):
+    """Mean cross-entropy of fewer than 8 C-contiguous rows with int64 class
+    targets, without allocating: the per-call fast path of cross_entropy.
+
+    Returns the mean as a float (NaN if every position is ignored), or None
+    if a target is out of range (the general path then raises the error).
+    The rows are summed in order, as NumPy sums fewer than 8 values, so the
+    result is identical to the general path's.
+    """
+    cdef double row_loss[8]
+    cdef const int64_t *t = <const int64_t *>cnp.PyArray_DATA(target)
+    cdef int64_t n_rows = cnp.PyArray_DIM(x, 0), n_cols = cnp.PyArray_DIM(x, 1)
+    cdef int64_t i, counted = 0
+    cdef double total = 0.0
+    for i in range(n_rows):
+        if t[i] == ignore_index:
+            continue
+        if t[i] < 0 or t[i] >= n_cols:
+            return None
+        counted += 1
+    cdef ce_problem p
+    p.dtype = <ce_dtype>dtype
+    p.mode = CE_MODE_LOSS
+    p.n_rows = n_rows
+    p.n_cols = n_cols
+    p.x = cnp.PyArray_DATA(x)
+    p.x_stride = n_cols
+    p.out = NULL
+    p.out_stride = 0
+    p.target = t
+    p.ignore_index = ignore_index
+    p.soft = NULL
+    p.soft_stride = 0
+    p.weight = NULL
+    p.weight_sum = <double>n_cols
+    p.smoothing = 0.0
+    p.z_loss = 0.0
+    p.softcap = 0.0
+    p.grad_scale = 1.0
+    p.row_scale = NULL
+    p.row_out = row_loss
+    p.row_entropy = NULL
+    p.row_argmax = NULL
+    cdef int status
+    with nogil:
+        status = ce_run(&p, n_threads)
+    if status != CE_OK:
+        raise MemoryError("ce_kernels: out of memory for per-thread scratch")
+    for i in range(n_rows):
+        total += row_loss[i]
+    if counted == 0:
+        return float("nan")
+    return total / <double>counted

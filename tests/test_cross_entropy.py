@@ -172,3 +172,23 @@ def test_soft_targets_equal_one_hot_index_targets(rng):
             ck.cross_entropy(logits, onehot, label_smoothing=smoothing, reduction="none"),
             ck.cross_entropy(logits, target, label_smoothing=smoothing, reduction="none"),
             rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n_rows", [1, 3, 7, 8])
+def test_small_call_fast_path_is_identical_to_general_path(rng, dtype, n_rows):
+    """Tiny calls skip the general conversions; the answer is bit for bit the
+    same as through the general path (here forced by a no-op option)."""
+    logits = rng.standard_normal((n_rows, 1001)).astype(dtype)
+    target = rng.integers(0, 1001, n_rows)
+    target[0] = -100
+    fast = ck.cross_entropy(logits, target)
+    general = ck.cross_entropy(logits, target, label_smoothing=np.float64(0.0))
+    assert type(fast) is type(general)
+    np.testing.assert_array_equal(fast, general)   # NaN (all ignored) equals NaN here
+    np.testing.assert_allclose(fast, ref.cross_entropy(logits.astype(np.float64), target), rtol=2e-6)
+    assert np.isnan(ck.cross_entropy(logits, np.full(n_rows, -100)))
+    bad = target.copy()
+    bad[-1] = 1001
+    with pytest.raises(IndexError, match=rf"target\[{n_rows - 1}\] = 1001"):
+        ck.cross_entropy(logits, bad)
