@@ -65,6 +65,7 @@ cdef extern from "ce_kernels.h":
     void ce_exp_f64_array(const double *x, double *y, int64_t n) nogil
     double ce_floor_read_f32(const float *x, int64_t n, int n_threads) nogil
     void ce_floor_copy_f32(const float *x, float *y, int64_t n, int n_threads) nogil
+    void ce_floor_update_f32(float *x, int64_t n, float factor, int n_threads) nogil
 
 MODE_LOSS = CE_MODE_LOSS
 MODE_LOSS_GRAD = CE_MODE_LOSS_GRAD
@@ -188,6 +189,12 @@ def floor_read(cnp.ndarray x, int n_threads):
     with nogil:
         total = ce_floor_read_f32(<const float *>cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x), n_threads)
     return total
+
+
+def floor_update(cnp.ndarray x, float factor, int n_threads):
+    """Multiply a contiguous float32 array by factor in place (the in-place floor)."""
+    with nogil:
+        ce_floor_update_f32(<float *>cnp.PyArray_DATA(x), cnp.PyArray_SIZE(x), factor, n_threads)
 
 
 def floor_copy(cnp.ndarray x, cnp.ndarray y, int n_threads):

@@ -123,6 +123,7 @@ def bench_shape(n: int, v: int, threads: int, repeat: int, with_numpy: bool = Tr
 
     results["read floor"] = time_call(lambda: _core.floor_read(logits, threads), repeat)
     results["copy floor"] = time_call(lambda: _core.floor_copy(logits, buf, threads), repeat)
+    results["in-place floor"] = time_call(lambda: _core.floor_update(buf, 1.0, threads), repeat)
     results["ours forward"] = time_call(
         lambda: cross_entropy(logits, target, num_threads=threads), repeat)
     results["ours fwd+bwd (out=buf)"] = time_call(
@@ -198,6 +199,7 @@ def derived_ratios(shape_result: Dict[str, object]) -> Dict[str, Optional[float]
         "bfloat16 forward / float32 forward": _ratio(get("ours forward bfloat16"), get("ours forward")),
         "token_stats / forward": _ratio(get("ours token_stats"), get("ours forward")),
         "fwd+bwd in place / read floor": _ratio(get("ours fwd+bwd (in place)"), get("read floor")),
+        "fwd+bwd in place / in-place floor": _ratio(get("ours fwd+bwd (in place)"), get("in-place floor")),
         "fwd+bwd out=buf / copy floor": _ratio(get("ours fwd+bwd (out=buf)"), get("copy floor")),
         "forward speedup vs numpy": _ratio(get("numpy forward"), get("ours forward")),
         "forward speedup vs torch": _ratio(get("torch forward"), get("ours forward")),

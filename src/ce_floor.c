@@ -74,3 +74,33 @@ void ce_floor_copy_f32(const float *x, float *y, int64_t n, int n_threads)
     memcpy(y, x, (size_t)n * sizeof *y);
 #endif
 }
+
+/* x[i] *= factor over [0, n): one read and one write of every element in
+ * place, the least an in-place gradient costs. */
+static void update_span(float *x, int64_t n, float factor)
+{
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16) {
+        ce_vf v;
+        memcpy(&v, x + i, sizeof v);
+        v *= factor;
+        memcpy(x + i, &v, sizeof v);
+    }
+    for (; i < n; ++i) x[i] *= factor;
+}
+
+void ce_floor_update_f32(float *x, int64_t n, float factor, int n_threads)
+{
+#ifdef _OPENMP
+    if (n_threads < 1) n_threads = 1;
+    #pragma omp parallel num_threads(n_threads)
+    {
+        int64_t b, e;
+        split_range(n, omp_get_num_threads(), omp_get_thread_num(), &b, &e);
+        update_span(x + b, e - b, factor);
+    }
+#else
+    (void)n_threads;
+    update_span(x, n, factor);
+#endif
+}

@@ -125,6 +125,8 @@ void ce_exp_f64_array(const double *x, double *y, int64_t n);
  * elements, on n_threads threads. */
 double ce_floor_read_f32(const float *x, int64_t n, int n_threads);
 void ce_floor_copy_f32(const float *x, float *y, int64_t n, int n_threads);
+/* ...and update n elements in place (x *= factor): the in-place floor. */
+void ce_floor_update_f32(float *x, int64_t n, float factor, int n_threads);
 
 #ifdef __cplusplus
 }

@@ -26,7 +26,7 @@ def test_bench_json_reports_every_contender():
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     times = doc["results"][0]["times"]
-    for name in ["read floor", "copy floor", "ours forward", "ours fwd+bwd (out=buf)",
+    for name in ["read floor", "copy floor", "in-place floor", "ours forward", "ours fwd+bwd (out=buf)",
                  "ours fwd+bwd (in place)", "numpy forward", "numpy fwd+bwd"]:
         assert times[name]["min"] > 0
     assert doc["results"][0]["ratios"]["forward speedup vs numpy"] > 0
