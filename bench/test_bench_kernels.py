@@ -86,3 +86,35 @@ def test_torch_fwd_bwd(benchmark, problem):
         torch.nn.functional.cross_entropy(leaf, t).backward()
 
     benchmark(step)
+
+
+def test_ours_token_stats(benchmark, problem):
+    group(benchmark, problem, "forward")
+    logits, target = problem
+    benchmark(ck.token_stats, logits, target)
+
+
+@pytest.mark.parametrize("half", ["float16", "bfloat16"])
+def test_ours_forward_half(benchmark, problem, half):
+    if half == "bfloat16":
+        dtype = pytest.importorskip("ml_dtypes").bfloat16
+    else:
+        dtype = np.float16
+    group(benchmark, problem, "forward")
+    logits, target = problem
+    benchmark(ck.cross_entropy, logits.astype(dtype), target)
+
+
+def test_ce_kernels_torch_fwd_bwd(benchmark, problem):
+    torch = pytest.importorskip("torch")
+    import ce_kernels.torch as ckt
+    group(benchmark, problem, "fwd+bwd")
+    logits, target = problem
+    leaf = torch.from_numpy(logits.copy()).requires_grad_(True)
+    t = torch.from_numpy(target)
+
+    def step():
+        leaf.grad = None
+        ckt.cross_entropy(leaf, t).backward()
+
+    benchmark(step)

@@ -79,7 +79,7 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
                                          "grad_output": grad_output}, in_place_ok=x)
         else:
             out_arr = np.empty(x.shape, dtype=dtype)
-        grad_rows, grad_is_view = _writable_rows(out_arr)
+        grad_rows, grad_is_view = v.writable_rows(out_arr)
 
     rows = v.rows_view(x)
     row_loss = np.empty(rows.shape[0], dtype=np.float64)
@@ -94,21 +94,6 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
     loss = _reduce(row_loss, reduction, targets.mean_denominator, batch_shape,
                    v.result_dtype(dtype))
     return (loss, out_arr) if want_grad else loss
-
-
-def _writable_rows(out: np.ndarray) -> Tuple[np.ndarray, bool]:
-    """(2-D rows for the kernels to write, whether they are a view of ``out``).
-    When they are not, the caller copies them back into ``out``."""
-    n_cols = out.shape[-1]
-    n_rows = math.prod(out.shape[:-1])
-    try:
-        rows = out.view()
-        rows.shape = (n_rows, n_cols)  # raises instead of copying
-    except AttributeError:
-        return np.empty((n_rows, n_cols), dtype=out.dtype), False
-    if v.kernel_layout_ok(rows):
-        return rows, True
-    return np.empty((n_rows, n_cols), dtype=out.dtype), False
 
 
 def _reduce(row_loss: np.ndarray, reduction: str, denominator: float,
@@ -292,7 +277,7 @@ def _normalize_call(mode: int, x: Any, axis: Any, out: Any, name: str):
     if arr.size == 0:
         return result
     moved = np.moveaxis(result, ax, -1)
-    rows_out, is_view = _writable_rows(moved)
+    rows_out, is_view = v.writable_rows(moved)
     _core.run(mode, v.dtype_code(dtype), _moved_rows(arr, ax), rows_out, None, 0, None, None,
               0.0, 0.0, 1.0, None, None, _threads.resolve(None))
     if not is_view:

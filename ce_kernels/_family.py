@@ -251,8 +251,7 @@ def _bce_call(mode: int, x: Any, target: Any, weight: Any, pos_weight: Any, redu
         if X.ndim == 0:
             grad_rows, grad_is_view = np.empty((1, 1), dtype=dtype), False
         else:
-            from ._api import _writable_rows
-            grad_rows, grad_is_view = _writable_rows(grad_arr)
+            grad_rows, grad_is_view = v.writable_rows(grad_arr)
 
     elem = np.empty(x_rows.shape, dtype=dtype) if reduction == "none" else None
     row_sums = np.empty(x_rows.shape[0], dtype=np.float64) if reduction != "none" else None

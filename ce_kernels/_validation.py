@@ -117,6 +117,21 @@ def kernel_layout_ok(rows: np.ndarray) -> bool:
     )
 
 
+def writable_rows(out: np.ndarray) -> Tuple[np.ndarray, bool]:
+    """(2-D rows for the kernels to write, whether they are a view of ``out``).
+    When they are not, the caller copies them back into ``out``."""
+    n_cols = out.shape[-1]
+    n_rows = math.prod(out.shape[:-1])
+    try:
+        rows = out.view()
+        rows.shape = (n_rows, n_cols)  # raises instead of copying
+    except AttributeError:
+        return np.empty((n_rows, n_cols), dtype=out.dtype), False
+    if kernel_layout_ok(rows):
+        return rows, True
+    return np.empty((n_rows, n_cols), dtype=out.dtype), False
+
+
 def check_reduction(reduction: Any) -> str:
     if not isinstance(reduction, str) or reduction not in REDUCTIONS:
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}")
