@@ -58,6 +58,22 @@ CE_ALWAYS_INLINE ce_vd ce_select_d(ce_vi64 mask, ce_vd a, ce_vd b)
 CE_ALWAYS_INLINE ce_vf ce_max_f(ce_vf a, ce_vf b) { return ce_select_f(a > b, a, b); }
 CE_ALWAYS_INLINE ce_vd ce_max_d(ce_vd a, ce_vd b) { return ce_select_d(a > b, a, b); }
 
+/* exp(x) / 2^k for k = round(x / ln2), given as the float kf: the
+ * Cody-Waite reduction r = x - k ln2 (ln2 split so that k * high part is
+ * exact), then a degree-6 fit of exp on [-ln2/2, ln2/2] (max relative
+ * error 2e-9). */
+CE_ALWAYS_INLINE ce_vf ce_exp_f_reduced(ce_vf x, ce_vf kf)
+{
+    ce_vf r = x - kf * 0.693359375f;
+    r = r - kf * -2.12194440e-4f;
+    ce_vf p = r * 0.0013843653723597527f + 0.00837415549904108f;
+    p = p * r + 0.04166800156235695f;
+    p = p * r + 0.16666431725025177f;
+    p = p * r + 0.4999999403953552f;
+    p = p * r + 1.0f;
+    return p * r + 1.0f;
+}
+
 /* exp of 16 floats with x <= 88.37 (the kernels pass x - max <= 0). */
 CE_ALWAYS_INLINE ce_vf ce_exp_f(ce_vf x)
 {
@@ -69,15 +85,7 @@ CE_ALWAYS_INLINE ce_vf ce_exp_f(ce_vf x)
     const ce_vf xc = x;
     const ce_vf t = xc * 1.44269504088896341f + round_magic;
     const ce_vf kf = t - round_magic;
-    ce_vf r = xc - kf * 0.693359375f;      /* ln2 high part: exact product */
-    r = r - kf * -2.12194440e-4f;          /* ln2 low part                 */
-    /* Degree-6 fit of exp on [-ln2/2, ln2/2] (max relative error 2e-9). */
-    ce_vf p = r * 0.0013843653723597527f + 0.00837415549904108f;
-    p = p * r + 0.04166800156235695f;
-    p = p * r + 0.16666431725025177f;
-    p = p * r + 0.4999999403953552f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    const ce_vf p = ce_exp_f_reduced(xc, kf);
     /* The low 9 bits of t's pattern hold k: shifted into the exponent field
      * they wrap to k << 23; adding the bias gives 2^k. */
     const ce_vi32 scale = ((ce_vi32)t << 23) + (127 << 23);
@@ -294,15 +302,7 @@ CE_INLINE_TARGET("avx512f") ce_vf ce_exp_f_x512(ce_vf x)
     const ce_vi32 under = x < lo;
     const __m512 k = _mm512_roundscale_ps((__m512)(x * 1.44269504088896341f),
                                           _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const ce_vf kf = (ce_vf)k;
-    ce_vf r = x - kf * 0.693359375f;
-    r = r - kf * -2.12194440e-4f;
-    ce_vf p = r * 0.0013843653723597527f + 0.00837415549904108f;
-    p = p * r + 0.04166800156235695f;
-    p = p * r + 0.16666431725025177f;
-    p = p * r + 0.4999999403953552f;
-    p = p * r + 1.0f;
-    p = p * r + 1.0f;
+    const ce_vf p = ce_exp_f_reduced(x, (ce_vf)k);
     const ce_vf y = (ce_vf)_mm512_scalef_ps((__m512)p, k);
     return (ce_vf)((ce_vi32)y & ~under);
 }
