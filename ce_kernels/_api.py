@@ -64,8 +64,7 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
     batch_shape = x.shape[:-1]
 
     scale, row_scale = 1.0, None
-    out_arr = grad_rows = None
-    grad_is_view = True
+    grad = None
     if want_grad:
         scale, row_scale = v.grad_output_rows(grad_output, reduction, batch_shape)
         if reduction == "mean":
@@ -73,27 +72,20 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
             # that are not ignored gives NaN gradients there; ignored rows
             # stay exactly 0 whatever the scale.
             scale = _ieee_divide(scale, targets.mean_denominator)
-        if out is not None:
-            out_arr = v.output_array(out, x.shape, dtype)
-            v.check_no_overlap(out_arr, {"logits": x, "target": target, "weight": weight,
-                                         "grad_output": grad_output}, in_place_ok=x)
-        else:
-            out_arr = np.empty(x.shape, dtype=dtype)
-        grad_rows, grad_is_view = v.writable_rows(out_arr)
+        grad = v.KernelOutput(out, x.shape, dtype, {"logits": x, "target": target, "weight": weight,
+                                                    "grad_output": grad_output}, in_place_ok=x)
 
     rows = v.rows_view(x)
     row_loss = np.empty(rows.shape[0], dtype=np.float64)
     _core.run(
         _core.MODE_LOSS_GRAD if want_grad else _core.MODE_LOSS, v.dtype_code(dtype),
-        rows, grad_rows, targets.hard, ignore_index, targets.soft, w,
+        rows, grad.rows if grad else None, targets.hard, ignore_index, targets.soft, w,
         float(np.sum(w, dtype=np.float64)) if w is not None else float(n_classes),
         smoothing, scale, row_scale, row_loss, n_threads, z, cap,
     )
-    if want_grad and not grad_is_view:
-        out_arr[...] = grad_rows.reshape(x.shape)
     loss = _reduce(row_loss, reduction, targets.mean_denominator, batch_shape,
                    v.result_dtype(dtype))
-    return (loss, out_arr) if want_grad else loss
+    return (loss, grad.finish()) if want_grad else loss
 
 
 def _reduce(row_loss: np.ndarray, reduction: str, denominator: float,
@@ -269,20 +261,12 @@ def _normalize_call(mode: int, x: Any, axis: Any, out: Any, name: str):
     arr = v.as_float_array(x, "x", allow_half=True)
     ax = v.check_axis(axis, arr.ndim)
     dtype = v.native(arr.dtype)
-    if out is None:
-        result = np.empty(arr.shape, dtype=dtype)
-    else:
-        result = v.output_array(out, arr.shape, dtype)
-        v.check_no_overlap(result, {"x": arr}, in_place_ok=arr)
+    result = v.KernelOutput(out, arr.shape, dtype, {"x": arr}, in_place_ok=arr, axis=ax)
     if arr.size == 0:
-        return result
-    moved = np.moveaxis(result, ax, -1)
-    rows_out, is_view = v.writable_rows(moved)
-    _core.run(mode, v.dtype_code(dtype), _moved_rows(arr, ax), rows_out, None, 0, None, None,
+        return result.array
+    _core.run(mode, v.dtype_code(dtype), _moved_rows(arr, ax), result.rows, None, 0, None, None,
               0.0, 0.0, 1.0, None, None, _threads.resolve(None))
-    if not is_view:
-        moved[...] = rows_out.reshape(moved.shape)
-    return result
+    return result.finish()
 
 
 def log_softmax(x: Any, axis: int = -1, out: Optional[np.ndarray] = None) -> np.ndarray:

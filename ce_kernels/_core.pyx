@@ -83,6 +83,15 @@ ISA_NAMES = {int(CE_ISA_BASELINE): ce_isa_name(CE_ISA_BASELINE).decode(),
              int(CE_ISA_AVX512): ce_isa_name(CE_ISA_AVX512).decode()}
 
 
+cdef int check_status(int status) except -1:
+    """Turn a kernel status into the matching Python exception."""
+    if status == CE_ERR_NOMEM:
+        raise MemoryError("ce_kernels: out of memory for per-thread scratch")
+    if status != CE_OK:
+        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+    return 0
+
+
 cdef inline const void *data_or_null(cnp.ndarray a):
     return NULL if a is None else cnp.PyArray_DATA(a)
 
@@ -133,10 +142,7 @@ def run(int mode, int dtype, cnp.ndarray x, cnp.ndarray out, cnp.ndarray target,
     cdef int status
     with nogil:
         status = ce_run(&p, n_threads)
-    if status == CE_ERR_NOMEM:
-        raise MemoryError("ce_kernels: out of memory for per-thread scratch")
-    if status != CE_OK:
-        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+    check_status(status)
 
 
 def default_threads():
@@ -343,8 +349,7 @@ def dist_run(int mode, cnp.ndarray p, cnp.ndarray q, cnp.ndarray row_out,
     cdef int status
     with nogil:
         status = ce_dist_run(&pr, n_threads)
-    if status != CE_OK:
-        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+    check_status(status)
 
 
 def bce_run(int mode, cnp.ndarray x, cnp.ndarray y, cnp.ndarray weight,
@@ -374,8 +379,7 @@ def bce_run(int mode, cnp.ndarray x, cnp.ndarray y, cnp.ndarray weight,
     cdef int status
     with nogil:
         status = ce_bce_run(&pr, n_threads)
-    if status != CE_OK:
-        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+    check_status(status)
 
 
 def sigmoid_run(int mode, cnp.ndarray x, cnp.ndarray out, int n_threads):
@@ -387,8 +391,7 @@ def sigmoid_run(int mode, cnp.ndarray x, cnp.ndarray out, int n_threads):
     cdef int64_t n = cnp.PyArray_SIZE(x)
     with nogil:
         status = ce_sigmoid_run(dt, <ce_sigmoid_mode>mode, src, dst, n, n_threads)
-    if status != CE_OK:
-        raise RuntimeError(f"ce_kernels: kernel rejected its arguments (status {status})")
+    check_status(status)
 
 
 def small_mean_loss(cnp.ndarray x, cnp.ndarray target, int64_t ignore_index, int dtype, int n_threads):
@@ -437,8 +440,7 @@ def small_mean_loss(cnp.ndarray x, cnp.ndarray target, int64_t ignore_index, int
     cdef int status
     with nogil:
         status = ce_run(&p, n_threads)
-    if status != CE_OK:
-        raise MemoryError("ce_kernels: out of memory for per-thread scratch")
+    check_status(status)
     for i in range(n_rows):
         total += row_loss[i]
     if counted == 0:

@@ -81,15 +81,19 @@ def _distribution_call(mode: int, p: Any, q: Any, base: Any, axis: Any, validate
     q_rows = _distribution_rows(Q, ax, dtype) if q is not None else None
     n_rows = p_rows.shape[0]
     out = np.empty(n_rows, dtype=np.float64)
-    sums = [np.empty(n_rows) for _ in arrays] if validate else [None, None]
-    negs = [np.empty(n_rows, dtype=np.uint8) for _ in arrays] if validate else [None, None]
-    sums += [None] * (2 - len(sums))
-    negs += [None] * (2 - len(negs))
-    _core.dist_run(mode, p_rows, q_rows, out, sums[0], sums[1], negs[0], negs[1], n_threads)
+
+    def row_checks(rows):
+        """(row sums, negative-entry flags) for a validated operand, else Nones."""
+        if not validate or rows is None:
+            return None, None
+        return np.empty(n_rows), np.empty(n_rows, dtype=np.uint8)
+
+    (p_sum, p_neg), (q_sum, q_neg) = row_checks(p_rows), row_checks(q_rows)
+    _core.dist_run(mode, p_rows, q_rows, out, p_sum, q_sum, p_neg, q_neg, n_threads)
     if validate:
-        _check_distribution("p", sums[0], negs[0], batch_shape, dtype)
-        if q is not None:
-            _check_distribution("q", sums[1], negs[1], batch_shape, dtype)
+        _check_distribution("p", p_sum, p_neg, batch_shape, dtype)
+        if q_rows is not None:
+            _check_distribution("q", q_sum, q_neg, batch_shape, dtype)
     result = (out / divisor).astype(dtype).reshape(batch_shape)
     return result[()] if result.ndim == 0 else result
 
@@ -229,9 +233,7 @@ def _bce_call(mode: int, x: Any, target: Any, weight: Any, pos_weight: Any, redu
                 f"probs{where} = {float(X.reshape(-1)[flat])!r} is outside [0, 1]; "
                 f"binary_cross_entropy_probs takes probabilities (use binary_cross_entropy for logits)")
 
-    grad_rows = g_rows = None
-    grad_arr = None
-    grad_is_view = True
+    grad = g_rows = None
     scale = 1.0
     if want_grad:
         if reduction == "none":
@@ -241,24 +243,14 @@ def _bce_call(mode: int, x: Any, target: Any, weight: Any, pos_weight: Any, redu
             scale, _ = v.grad_output_rows(grad_output, reduction, shape)
             if reduction == "mean":
                 scale = scale / X.size if X.size else math.nan
-        if out is not None:
-            grad_arr = v.output_array(out, shape, dtype)
-            v.check_no_overlap(grad_arr, {"logits": X, "target": target, "weight": weight,
-                                          "pos_weight": pos_weight, "grad_output": grad_output},
-                               in_place_ok=X)
-        else:
-            grad_arr = np.empty(shape, dtype=dtype)
-        if X.ndim == 0:
-            grad_rows, grad_is_view = np.empty((1, 1), dtype=dtype), False
-        else:
-            grad_rows, grad_is_view = v.writable_rows(grad_arr)
+        grad = v.KernelOutput(out, shape, dtype, {"logits": X, "target": target, "weight": weight,
+                                                  "pos_weight": pos_weight,
+                                                  "grad_output": grad_output}, in_place_ok=X)
 
     elem = np.empty(x_rows.shape, dtype=dtype) if reduction == "none" else None
     row_sums = np.empty(x_rows.shape[0], dtype=np.float64) if reduction != "none" else None
     _core.bce_run(mode, x_rows, t_rows, w_rows, pw_rows, g_rows, scale, elem, row_sums,
-                  grad_rows, n_threads)
-    if want_grad and not grad_is_view:
-        grad_arr[...] = grad_rows.reshape(shape)
+                  grad.rows if grad else None, n_threads)
 
     if reduction == "none":
         loss = elem.reshape(shape)
@@ -267,7 +259,7 @@ def _bce_call(mode: int, x: Any, target: Any, weight: Any, pos_weight: Any, redu
         if reduction == "mean":
             total = total / X.size if X.size else math.nan
         loss = dtype.type(total)
-    return (loss, grad_arr) if want_grad else loss
+    return (loss, grad.finish()) if want_grad else loss
 
 
 def binary_cross_entropy(logits: Any, target: Any, *, weight: Any = None, pos_weight: Any = None,

@@ -120,6 +120,8 @@ def kernel_layout_ok(rows: np.ndarray) -> bool:
 def writable_rows(out: np.ndarray) -> Tuple[np.ndarray, bool]:
     """(2-D rows for the kernels to write, whether they are a view of ``out``).
     When they are not, the caller copies them back into ``out``."""
+    if out.ndim == 0:
+        return np.empty((1, 1), dtype=out.dtype), False
     n_cols = out.shape[-1]
     n_rows = math.prod(out.shape[:-1])
     try:
@@ -130,6 +132,27 @@ def writable_rows(out: np.ndarray) -> Tuple[np.ndarray, bool]:
     if kernel_layout_ok(rows):
         return rows, True
     return np.empty((n_rows, n_cols), dtype=out.dtype), False
+
+
+class KernelOutput:
+    """An array returned to the caller (``out`` when given, checked, else
+    new) and the 2-D rows the kernels write: a view of it along ``axis``
+    when its layout allows, else scratch that :meth:`finish` copies back."""
+
+    def __init__(self, out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: dict,
+                 in_place_ok: Optional[np.ndarray], axis: int = -1):
+        if out is None:
+            self.array = np.empty(shape, dtype=dtype)
+        else:
+            self.array = output_array(out, shape, dtype)
+            check_no_overlap(self.array, inputs, in_place_ok)
+        self._moved = np.moveaxis(self.array, axis, -1) if self.array.ndim else self.array
+        self.rows, self._is_view = writable_rows(self._moved)
+
+    def finish(self) -> np.ndarray:
+        if not self._is_view:
+            self._moved[...] = self.rows.reshape(self._moved.shape)
+        return self.array
 
 
 def check_reduction(reduction: Any) -> str:

@@ -13,7 +13,6 @@
  *   CE_SOFTCAP    vector soft-capping cap * tanh(x / cap)
  *   CE_SELECT     bitwise select for CE_VT
  *   CE_ACC        double accumulator type, with CE_ACC_ADD and CE_ACC_SUM
- *   CE_HAS_EXP_ARRAY  1 if exp_array is meaningful for this type
  *   CE_NAME(x)    unique name for x (type and instruction-set suffix)
  *   CE_TARGET     function attribute selecting the instruction set (or empty)
  *

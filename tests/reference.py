@@ -40,6 +40,15 @@ def _target_distribution(target, n_classes, label_smoothing, ignore_index):
     return q, counted
 
 
+def _mean_denominator(target, w, counted):
+    """What "mean" divides by: the number of positions for soft targets,
+    the summed weight of the counted targets for class indices."""
+    t = np.asarray(target)
+    if t.dtype.kind == "f":
+        return counted.size
+    return np.sum(np.where(counted, w[np.where(counted, t, 0)], 0.0))
+
+
 def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, z_loss=0.0, softcap=None):
     """torch.nn.functional.cross_entropy with the class axis last, in float64.
@@ -66,14 +75,8 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
         return per_position
     if reduction == "sum":
         return per_position.sum()
-    soft = np.asarray(target).dtype.kind == "f"
-    if soft:
-        denominator = per_position.size
-    else:
-        t = np.asarray(target)
-        denominator = np.sum(np.where(counted, w[np.where(counted, t, 0)], 0.0))
     with np.errstate(invalid="ignore", divide="ignore"):
-        return per_position.sum() / denominator
+        return per_position.sum() / _mean_denominator(target, w, counted)
 
 
 def cross_entropy_grad(logits, target, weight=None, ignore_index=-100, reduction="mean",
@@ -94,14 +97,8 @@ def cross_entropy_grad(logits, target, weight=None, ignore_index=-100, reduction
         return grad * np.asarray(g, dtype=np.float64)[..., None]
     g = 1.0 if grad_output is None else float(grad_output)
     if reduction == "mean":
-        soft = np.asarray(target).dtype.kind == "f"
-        if soft:
-            denominator = counted.size
-        else:
-            t = np.asarray(target)
-            denominator = np.sum(np.where(counted, w[np.where(counted, t, 0)], 0.0))
         with np.errstate(divide="ignore", invalid="ignore"):
-            g = np.float64(g) / np.float64(denominator)
+            g = np.float64(g) / np.float64(_mean_denominator(target, w, counted))
     return grad * g
 
 
