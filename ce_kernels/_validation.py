@@ -146,7 +146,9 @@ class KernelOutput:
         else:
             self.array = output_array(out, shape, dtype)
             check_no_overlap(self.array, inputs, in_place_ok)
-        self._moved = np.moveaxis(self.array, axis, -1) if self.array.ndim else self.array
+        last = self.array.ndim - 1
+        moves = self.array.ndim and axis % self.array.ndim != last
+        self._moved = np.moveaxis(self.array, axis, -1) if moves else self.array
         self.rows, self._is_view = writable_rows(self._moved)
 
     def finish(self) -> np.ndarray:
