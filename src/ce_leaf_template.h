@@ -12,6 +12,8 @@
  *   CE_VEXP       vector exponential (ce_math.h)
  *   CE_SOFTCAP    vector soft-capping cap * tanh(x / cap)
  *   CE_SELECT     bitwise select for CE_VT
+ *   CE_VMAX(a, b) a > b ? a : b per lane (ce_max_f, ce_max_d or faster)
+ *   CE_VFMS(a, b, c) a * b - c, rounded once where the ISA has FMA
  *   CE_ACC        double accumulator type, with CE_ACC_ADD and CE_ACC_SUM
  *   CE_NAME(x)    unique name for x (type and instruction-set suffix)
  *   CE_TARGET     function attribute selecting the instruction set (or empty)
@@ -82,19 +84,19 @@ CE_TARGET CE_ALWAYS_INLINE double CE_NAME(chunk_max_body)(const CE_T *x, int64_t
         CE_VT v1 = CE_NAME(logits)(x + i + CE_W, CE_W, neg_inf, cap, has_cap);
         CE_VT v2 = CE_NAME(logits)(x + i + 2 * CE_W, CE_W, neg_inf, cap, has_cap);
         CE_VT v3 = CE_NAME(logits)(x + i + 3 * CE_W, CE_W, neg_inf, cap, has_cap);
-        m0 = CE_SELECT(v0 > m0, v0, m0);
-        m1 = CE_SELECT(v1 > m1, v1, m1);
-        m2 = CE_SELECT(v2 > m2, v2, m2);
-        m3 = CE_SELECT(v3 > m3, v3, m3);
+        m0 = CE_VMAX(v0, m0);
+        m1 = CE_VMAX(v1, m1);
+        m2 = CE_VMAX(v2, m2);
+        m3 = CE_VMAX(v3, m3);
     }
     for (; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
         CE_VT v = CE_NAME(logits)(x + i, count, neg_inf, cap, has_cap);
-        m0 = CE_SELECT(v > m0, v, m0);
+        m0 = CE_VMAX(v, m0);
     }
-    m0 = CE_SELECT(m1 > m0, m1, m0);
-    m2 = CE_SELECT(m3 > m2, m3, m2);
-    m0 = CE_SELECT(m2 > m0, m2, m0);
+    m0 = CE_VMAX(m1, m0);
+    m2 = CE_VMAX(m3, m2);
+    m0 = CE_VMAX(m2, m0);
     CE_CT lanes[CE_W];
     memcpy(lanes, &m0, sizeof lanes);
     CE_CT best = lanes[0];
@@ -230,12 +232,24 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(add_at_target)(CE_VT v, int64_t j, int6
     return v + CE_SELECT(at, CE_NAME(splat)(delta), (CE_VT){0});
 }
 
+/* e * f - c * a: the gradient (or softmax) from the exponentials. Both
+ * second sweeps go through here with the rounding spelled out (no
+ * compiler-chosen contraction), so a gradient computed from stored
+ * exponentials and one recomputed from the logits agree bit for bit. */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(grad_of_exp)(
+    CE_VT e, CE_VT f, CE_VT c, const ce_chunk_opts *opts, int64_t j, int64_t count,
+    const int use_lin, const int has_w, const int has_y)
+{
+    if (!use_lin) return e * f;
+    return CE_VFMS(e, f, c * CE_NAME(coef)(opts, j, count, has_w, has_y));
+}
+
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(rescale_step)(
     CE_T *out, int64_t j, int64_t count, CE_VT f, CE_VT c, const ce_chunk_opts *opts,
     int64_t t, CE_CT delta, const int use_lin, const int has_w, const int has_y)
 {
-    CE_VT v = CE_NAME(load)(out + j, count, (CE_CT)0) * f;
-    if (use_lin) v = v - c * CE_NAME(coef)(opts, j, count, has_w, has_y);
+    const CE_VT e = CE_NAME(load)(out + j, count, (CE_CT)0);
+    CE_VT v = CE_NAME(grad_of_exp)(e, f, c, opts, j, count, use_lin, has_w, has_y);
     CE_NAME(store)(out + j, count, CE_NAME(add_at_target)(v, j, count, t, delta));
 }
 
@@ -283,8 +297,8 @@ CE_TARGET static void CE_NAME(rescale_from_x)(const void *xv, void *outv, int64_
     for (int64_t i = 0; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
         CE_VT v = CE_NAME(logits)(x + i, count, -(CE_CT)__builtin_inf(), opts->softcap, has_cap);
-        CE_VT g = CE_VEXP(v - vs) * vf;
-        if (use_lin) g = g - vc * CE_NAME(coef)(opts, i, count, has_w, has_y);
+        CE_VT g = CE_NAME(grad_of_exp)(CE_VEXP(v - vs), vf, vc, opts, i, count, use_lin, has_w,
+                                      has_y);
         g = CE_NAME(add_at_target)(g, i, count, t, (CE_CT)delta);
         if (has_cap) {
             CE_VT u = v * inv_cap;

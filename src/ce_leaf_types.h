@@ -2,8 +2,9 @@
  * Expands the chunk kernels (ce_leaf_template.h) for every element type on
  * the instruction set named by CE_ISA, with CE_TARGET as the function
  * attribute that selects it, CE_F16_LOAD / CE_F16_STORE / CE_BF16_LOAD as
- * the half-precision conversions and CE_EXP_F32 as the float exponential to
- * use there. Included once per instruction set.
+ * the half-precision conversions, CE_EXP_F32 as the float exponential and
+ * CE_MAX_F32 / CE_MAX_F64 as the lane maxima and CE_FMS_F32 / CE_FMS_F64 as
+ * the fused multiply-subtracts to use there. Included once per instruction set.
  */
 #define CE_CAT4_(a, b, c, d) a##b##c##d
 #define CE_CAT4(a, b, c, d) CE_CAT4_(a, b, c, d)
@@ -17,6 +18,8 @@
 #define CE_VEXP CE_EXP_F32
 #define CE_SOFTCAP ce_softcap_f
 #define CE_SELECT ce_select_f
+#define CE_VMAX CE_MAX_F32
+#define CE_VFMS CE_FMS_F32
 #define CE_ACC ce_acc_f
 #define CE_ACC_ADD ce_acc_add_f
 #define CE_ACC_SUM ce_acc_sum_f
@@ -57,6 +60,8 @@
 #undef CE_VEXP
 #undef CE_SOFTCAP
 #undef CE_SELECT
+#undef CE_VMAX
+#undef CE_VFMS
 #undef CE_ACC
 #undef CE_ACC_ADD
 #undef CE_ACC_SUM
@@ -73,6 +78,8 @@
 #define CE_VEXP ce_exp_d
 #define CE_SOFTCAP ce_softcap_d
 #define CE_SELECT ce_select_d
+#define CE_VMAX CE_MAX_F64
+#define CE_VFMS CE_FMS_F64
 #define CE_ACC ce_acc_d
 #define CE_ACC_ADD ce_acc_add_d
 #define CE_ACC_SUM ce_acc_sum_d
@@ -89,6 +96,8 @@
 #undef CE_VEXP
 #undef CE_SOFTCAP
 #undef CE_SELECT
+#undef CE_VMAX
+#undef CE_VFMS
 #undef CE_ACC
 #undef CE_ACC_ADD
 #undef CE_ACC_SUM

@@ -13,9 +13,17 @@
 #define CE_F16_STORE ce_store_f16
 #define CE_BF16_LOAD ce_load_bf16
 #define CE_EXP_F32 ce_exp_f
+#define CE_MAX_F32 ce_max_f
+#define CE_MAX_F64 ce_max_d
+#define CE_FMS_F32 ce_fms_f
+#define CE_FMS_F64 ce_fms_d
 #include "ce_leaf_types.h"
 #undef CE_BF16_LOAD
 #undef CE_EXP_F32
+#undef CE_MAX_F32
+#undef CE_MAX_F64
+#undef CE_FMS_F32
+#undef CE_FMS_F64
 #undef CE_ISA
 #undef CE_TARGET
 #undef CE_F16_LOAD
@@ -29,9 +37,17 @@
 #define CE_F16_STORE ce_f16_store_f16c
 #define CE_BF16_LOAD ce_bf16_load_avx2
 #define CE_EXP_F32 ce_exp_f
+#define CE_MAX_F32 ce_max_f
+#define CE_MAX_F64 ce_max_d
+#define CE_FMS_F32 ce_fms_f_fma
+#define CE_FMS_F64 ce_fms_d_fma
 #include "ce_leaf_types.h"
 #undef CE_BF16_LOAD
 #undef CE_EXP_F32
+#undef CE_MAX_F32
+#undef CE_MAX_F64
+#undef CE_FMS_F32
+#undef CE_FMS_F64
 #undef CE_ISA
 #undef CE_TARGET
 #undef CE_F16_LOAD
@@ -44,9 +60,17 @@
 #define CE_F16_STORE ce_f16_store_x512
 #define CE_BF16_LOAD ce_bf16_load_x512
 #define CE_EXP_F32 ce_exp_f_x512
+#define CE_MAX_F32 ce_max_f_x512
+#define CE_MAX_F64 ce_max_d_x512
+#define CE_FMS_F32 ce_fms_f_x512
+#define CE_FMS_F64 ce_fms_d_x512
 #include "ce_leaf_types.h"
 #undef CE_BF16_LOAD
 #undef CE_EXP_F32
+#undef CE_MAX_F32
+#undef CE_MAX_F64
+#undef CE_FMS_F32
+#undef CE_FMS_F64
 #undef CE_ISA
 #undef CE_TARGET
 #undef CE_F16_LOAD

@@ -55,8 +55,14 @@ CE_ALWAYS_INLINE ce_vd ce_select_d(ce_vi64 mask, ce_vd a, ce_vd b)
     return (ce_vd)(((ce_vi64)a & mask) | ((ce_vi64)b & ~mask));
 }
 
+/* a > b ? a : b lane by lane (so a NaN in a yields b), as x86's maxps. */
 CE_ALWAYS_INLINE ce_vf ce_max_f(ce_vf a, ce_vf b) { return ce_select_f(a > b, a, b); }
 CE_ALWAYS_INLINE ce_vd ce_max_d(ce_vd a, ce_vd b) { return ce_select_d(a > b, a, b); }
+
+/* a * b - c for the baseline path: two roundings on x86-64, which has no
+ * FMA there (on other targets the compiler may fuse it). */
+CE_ALWAYS_INLINE ce_vf ce_fms_f(ce_vf a, ce_vf b, ce_vf c) { return a * b - c; }
+CE_ALWAYS_INLINE ce_vd ce_fms_d(ce_vd a, ce_vd b, ce_vd c) { return a * b - c; }
 
 /* exp(x) / 2^k for k = round(x / ln2), given as the float kf: the
  * Cody-Waite reduction r = x - k ln2 (ln2 split so that k * high part is
@@ -273,6 +279,53 @@ CE_INLINE_TARGET("avx512f") void ce_f16_store_x512(uint16_t *p, ce_vf v)
     memcpy(p, &h, sizeof h);
 }
 
+/* ce_max_f / ce_max_d in one instruction (the generic select takes a
+ * compare and a blend, which GCC spells as four). */
+CE_INLINE_TARGET("avx512f") ce_vf ce_max_f_x512(ce_vf a, ce_vf b)
+{
+    return (ce_vf)_mm512_max_ps((__m512)a, (__m512)b);
+}
+
+CE_INLINE_TARGET("avx512f") ce_vd ce_max_d_x512(ce_vd a, ce_vd b)
+{
+    return (ce_vd)_mm512_max_pd((__m512d)a, (__m512d)b);
+}
+
+/* a * b - c with one rounding (ce_fms_f / ce_fms_d round twice). */
+CE_INLINE_TARGET("avx512f") ce_vf ce_fms_f_x512(ce_vf a, ce_vf b, ce_vf c)
+{
+    return (ce_vf)_mm512_fmsub_ps((__m512)a, (__m512)b, (__m512)c);
+}
+
+CE_INLINE_TARGET("avx512f") ce_vd ce_fms_d_x512(ce_vd a, ce_vd b, ce_vd c)
+{
+    return (ce_vd)_mm512_fmsub_pd((__m512d)a, (__m512d)b, (__m512d)c);
+}
+
+CE_INLINE_TARGET("avx,fma") ce_vf ce_fms_f_fma(ce_vf a, ce_vf b, ce_vf c)
+{
+    __m256 ah[2], bh[2], ch[2];
+    memcpy(ah, &a, sizeof a);
+    memcpy(bh, &b, sizeof b);
+    memcpy(ch, &c, sizeof c);
+    ah[0] = _mm256_fmsub_ps(ah[0], bh[0], ch[0]);
+    ah[1] = _mm256_fmsub_ps(ah[1], bh[1], ch[1]);
+    memcpy(&a, ah, sizeof a);
+    return a;
+}
+
+CE_INLINE_TARGET("avx,fma") ce_vd ce_fms_d_fma(ce_vd a, ce_vd b, ce_vd c)
+{
+    __m256d ah[2], bh[2], ch[2];
+    memcpy(ah, &a, sizeof a);
+    memcpy(bh, &b, sizeof b);
+    memcpy(ch, &c, sizeof c);
+    ah[0] = _mm256_fmsub_pd(ah[0], bh[0], ch[0]);
+    ah[1] = _mm256_fmsub_pd(ah[1], bh[1], ch[1]);
+    memcpy(&a, ah, sizeof a);
+    return a;
+}
+
 /* bfloat16 loads: one zero-extension instruction and a shift. */
 CE_INLINE_TARGET("avx512f") ce_vf ce_bf16_load_x512(const uint16_t *p)
 {
@@ -294,17 +347,41 @@ CE_INLINE_TARGET("avx2") ce_vf ce_bf16_load_avx2(const uint16_t *p)
     return v;
 }
 
-/* ce_exp_f with AVX-512's round-to-integer and scale-by-power-of-two
- * instructions: the same reduction and polynomial, three fewer operations. */
+/* 2^(j/16), j = 0..15, rounded to float: one AVX-512 register. */
+static const float ce_exp2_sixteenths[16] = {
+    0x1.000000p+0f, 0x1.0b5586p+0f, 0x1.172b84p+0f, 0x1.2387a6p+0f,
+    0x1.306fe0p+0f, 0x1.3dea64p+0f, 0x1.4bfdaep+0f, 0x1.5ab07ep+0f,
+    0x1.6a09e6p+0f, 0x1.7a1148p+0f, 0x1.8ace54p+0f, 0x1.9c4918p+0f,
+    0x1.ae89fap+0f, 0x1.c199bep+0f, 0x1.d5818ep+0f, 0x1.ea4afap+0f,
+};
+
+/* ce_exp_f for AVX-512, with fewer multiplies (the part of the work that
+ * limits throughput): x = (k + j/16) ln2 + r, |r| <= ln2/32, so
+ * exp(x) = 2^k * 2^(j/16) * exp(r), with 2^(j/16) from a 16-entry table
+ * in one register (vpermps), exp(r) - 1 by the cubic Taylor polynomial
+ * (error below 1e-8 relative) and 2^k by vscalefps. */
 CE_INLINE_TARGET("avx512f") ce_vf ce_exp_f_x512(ce_vf x)
 {
     const float lo = -87.33654475f;   /* ln(FLT_MIN): below it the result is 0 */
-    const ce_vi32 under = x < lo;
-    const __m512 k = _mm512_roundscale_ps((__m512)(x * 1.44269504088896341f),
-                                          _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    const ce_vf p = ce_exp_f_reduced(x, (ce_vf)k);
-    const ce_vf y = (ce_vf)_mm512_scalef_ps((__m512)p, k);
-    return (ce_vf)((ce_vi32)y & ~under);
+    /* Lanes below lo and -inf compute garbage that the mask clears; NaN
+     * compares "not less" and propagates. */
+    const __mmask16 keep = _mm512_cmp_ps_mask((__m512)x, _mm512_set1_ps(lo), _CMP_NLT_UQ);
+    /* Adding 1.5 * 2^19 rounds x / ln2 to a multiple of 1/16 (for |x / ln2|
+     * < 2^18); the low 4 bits of the sum's pattern are then j. */
+    const __m512 round_magic = _mm512_set1_ps(786432.0f);
+    const __m512 sum = _mm512_fmadd_ps((__m512)x, _mm512_set1_ps(1.44269504088896341f), round_magic);
+    const __m512 kj = _mm512_sub_ps(sum, round_magic);          /* k + j/16 */
+    /* r = x - (k + j/16) ln2, ln2 split so that the first product is exact */
+    __m512 r = _mm512_fnmadd_ps(kj, _mm512_set1_ps(0.693145751953125f), (__m512)x);
+    r = _mm512_fnmadd_ps(kj, _mm512_set1_ps(1.42860676533018708e-06f), r);
+    const __m512 table = _mm512_loadu_ps(ce_exp2_sixteenths);
+    const __m512 t = _mm512_permutexvar_ps(_mm512_castps_si512(sum), table);
+    /* exp(r) - 1 = r + r^2 (1/2 + r/6), then 2^(j/16) exp(r) = t + t (exp(r) - 1) */
+    const __m512 c = _mm512_fmadd_ps(r, _mm512_set1_ps(1.0f / 6.0f), _mm512_set1_ps(0.5f));
+    const __m512 q = _mm512_fmadd_ps(_mm512_mul_ps(r, r), c, r);
+    const __m512 y = _mm512_fmadd_ps(t, q, t);
+    /* times 2^floor(k + j/16) = 2^k */
+    return (ce_vf)_mm512_maskz_scalef_ps(keep, y, kj);
 }
 
 CE_INLINE_TARGET("avx,f16c") ce_vf ce_f16_load_f16c(const uint16_t *p)

@@ -92,8 +92,23 @@ def test_more_than_2_to_31_elements():
     np.testing.assert_allclose(losses[-1000:], lse - row[target[-1000:]].astype(np.float64), rtol=2e-6)
 
 
+def _available_isas():
+    order = ["sse2", "avx2", "avx512"]
+    best = ck.build_info()["best_isa"]
+    return order[: order.index(best) + 1] if best in order else [best]
+
+
+@pytest.fixture(params=_available_isas())
+def isa(request):
+    """Runs a test on one instruction-set path (each has its own exp)."""
+    active = ck.build_info()["isa"]
+    ck.set_isa(request.param)
+    yield request.param
+    ck.set_isa(active)
+
+
 @pytest.mark.parametrize("dtype,max_ulp", [(np.float32, 2), (np.float64, 2)])
-def test_exponential_accuracy_sampled(dtype, max_ulp):
+def test_exponential_accuracy_sampled(isa, dtype, max_ulp):
     """Error of the kernels' exp in ulps over the range it is used on."""
     rng = np.random.default_rng(7)
     lo = -87.33 if dtype == np.float32 else -708.39
@@ -107,7 +122,7 @@ def test_exponential_accuracy_sampled(dtype, max_ulp):
     assert float(err.max()) <= max_ulp
 
 
-def test_exponential_special_values():
+def test_exponential_special_values(isa):
     for dtype in (np.float32, np.float64):
         x = np.array([-np.inf, np.nan, 0.0, -1000.0, -0.0], dtype=dtype)
         y = np.empty_like(x)
@@ -115,10 +130,11 @@ def test_exponential_special_values():
         assert y[0] == 0 and np.isnan(y[1]) and y[2] == 1 and y[3] == 0 and y[4] == 1
 
 
-def test_exponential_every_float32_in_kernel_range():
+def test_exponential_every_float32_in_kernel_range(isa):
     """Every float in [-87.33, 0] (about 1.1e9 values), against float64 exp.
 
-    The documented bound (README) is 1.5 ulp; measured maximum 1.05 ulp."""
+    The documented bound (README) is 1.5 ulp; measured maximum 1.05 ulp on
+    the SSE2 and AVX2 paths, 1.06 ulp on the AVX-512 one."""
     lo_bits = int(np.array(-87.33654475, dtype=np.float32).view(np.uint32))
     start, stop = 0x80000000, lo_bits + 1          # -0.0 down to ln(FLT_MIN)
     worst = 0.0
