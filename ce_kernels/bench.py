@@ -55,24 +55,41 @@ def numpy_cross_entropy_with_grad(logits: np.ndarray, target: np.ndarray):
 
 # ---- timing -------------------------------------------------------------------
 
+Timed = Tuple[Callable[[], object], Optional[Callable[[], None]]]
+
+
+def _summary(times: List[float]) -> Dict[str, float]:
+    return {"min": min(times), "median": statistics.median(times), "runs": len(times)}
+
+
 def time_call(fn: Callable[[], object], repeat: int, setup: Optional[Callable[[], None]] = None,
               budget: float = 20.0) -> Dict[str, float]:
     """Min and median seconds of ``repeat`` calls (fewer if a call is slow:
     at least 2 once ``budget`` seconds are spent). ``setup`` runs untimed
     before each call."""
-    times: List[float] = []
-    spent = 0.0
+    return time_interleaved({"call": (fn, setup)}, repeat, budget)["call"]
+
+
+def time_interleaved(contenders: Dict[str, Timed], repeat: int,
+                     budget: float = 20.0) -> Dict[str, Dict[str, float]]:
+    """Times every contender once per round, ``repeat`` rounds, so that a
+    noisy stretch of the machine hits all of them alike; min and median of
+    each. A contender stops early (after at least 2 calls) once it has spent
+    ``budget`` seconds. Each entry is (call, untimed setup or None)."""
+    times: Dict[str, List[float]] = {name: [] for name in contenders}
+    spent = dict.fromkeys(contenders, 0.0)
     for i in range(repeat):
-        if setup is not None:
-            setup()
-        start = time.perf_counter()
-        fn()
-        elapsed = time.perf_counter() - start
-        times.append(elapsed)
-        spent += elapsed
-        if spent > budget and i >= 1:
-            break
-    return {"min": min(times), "median": statistics.median(times), "runs": len(times)}
+        for name, (fn, setup) in contenders.items():
+            if spent[name] > budget and i >= 2:
+                continue
+            if setup is not None:
+                setup()
+            start = time.perf_counter()
+            fn()
+            elapsed = time.perf_counter() - start
+            times[name].append(elapsed)
+            spent[name] += elapsed
+    return {name: _summary(t) for name, t in times.items()}
 
 
 def _torch_or_none():
@@ -111,74 +128,109 @@ def machine_line(threads: int) -> str:
 
 # ---- one shape ------------------------------------------------------------------
 
+# Logits smaller than this fit in this kind of machine's caches when called
+# repeatedly; for them the bench also times calls that read from memory, by
+# cycling through copies that together exceed every cache.
+COLD_BYTES = 64 << 20
+COLD_TOTAL_BYTES = 256 << 20
+
+
+def _cycling(arrays: Sequence[np.ndarray]) -> Callable[[], np.ndarray]:
+    """A function returning the next array of ``arrays`` on each call."""
+    state = {"i": -1}
+
+    def next_array() -> np.ndarray:
+        state["i"] = (state["i"] + 1) % len(arrays)
+        return arrays[state["i"]]
+
+    return next_array
+
+
+def _cold_contenders(logits: np.ndarray, target: np.ndarray, buf: np.ndarray,
+                     threads: int) -> Dict[str, Timed]:
+    """Floor and kernels on logits that are not in any cache."""
+    copies = [logits.copy() for _ in range(max(2, -(-COLD_TOTAL_BYTES // logits.nbytes)))]
+    nxt_floor, nxt_fwd, nxt_grad = _cycling(copies), _cycling(copies), _cycling(copies)
+    return {
+        "read floor (from memory)": (lambda: _core.floor_read(nxt_floor(), threads), None),
+        "ours forward (from memory)": (
+            lambda: cross_entropy(nxt_fwd(), target, num_threads=threads), None),
+        "ours fwd+bwd out=buf (from memory)": (
+            lambda: cross_entropy_with_grad(nxt_grad(), target, out=buf, num_threads=threads), None),
+    }
+
+
 def bench_shape(n: int, v: int, threads: int, repeat: int, with_numpy: bool = True,
                 with_torch: bool = True, seed: int = 0) -> Dict[str, object]:
-    """Time every contender on one float32 (n, v) problem."""
+    """Time every contender on one float32 (n, v) problem, interleaved."""
     rng = np.random.default_rng(seed)
     logits = rng.standard_normal((n, v), dtype=np.float32)
     target = rng.integers(0, v, n)
     buf = np.empty_like(logits)
     work = np.empty_like(logits)
-    results: Dict[str, Dict[str, float]] = {}
+    c: Dict[str, Timed] = {}
 
-    results["read floor"] = time_call(lambda: _core.floor_read(logits, threads), repeat)
-    results["copy floor"] = time_call(lambda: _core.floor_copy(logits, buf, threads), repeat)
-    results["in-place floor"] = time_call(lambda: _core.floor_update(buf, 1.0, threads), repeat)
-    results["ours forward"] = time_call(
-        lambda: cross_entropy(logits, target, num_threads=threads), repeat)
-    results["ours fwd+bwd (out=buf)"] = time_call(
-        lambda: cross_entropy_with_grad(logits, target, out=buf, num_threads=threads), repeat)
-
-    def refill():
-        _core.floor_copy(logits, work, threads)
-
-    results["ours fwd+bwd (in place)"] = time_call(
-        lambda: cross_entropy_with_grad(work, target, out=work, num_threads=threads), repeat, setup=refill)
-
-    results["ours token_stats"] = time_call(
-        lambda: token_stats(logits, target, num_threads=threads), repeat)
+    c["read floor"] = (lambda: _core.floor_read(logits, threads), None)
+    c["copy floor"] = (lambda: _core.floor_copy(logits, buf, threads), None)
+    c["in-place floor"] = (lambda: _core.floor_update(buf, 1.0, threads), None)
+    c["ours forward"] = (lambda: cross_entropy(logits, target, num_threads=threads), None)
+    c["ours fwd+bwd (out=buf)"] = (
+        lambda: cross_entropy_with_grad(logits, target, out=buf, num_threads=threads), None)
+    c["ours fwd+bwd (in place)"] = (
+        lambda: cross_entropy_with_grad(work, target, out=work, num_threads=threads),
+        lambda: _core.floor_copy(logits, work, threads))
+    c["ours token_stats"] = (lambda: token_stats(logits, target, num_threads=threads), None)
     for name, half in _half_dtypes():
         half_logits = logits.astype(half)
-        results[f"ours forward {name}"] = time_call(
-            lambda: cross_entropy(half_logits, target, num_threads=threads), repeat)
         half_buf = np.empty_like(half_logits)
-        results[f"ours fwd+bwd {name} (out=buf)"] = time_call(
-            lambda: cross_entropy_with_grad(half_logits, target, out=half_buf, num_threads=threads),
-            repeat)
-        del half_logits, half_buf
+        c[f"ours forward {name}"] = (
+            lambda h=half_logits: cross_entropy(h, target, num_threads=threads), None)
+        c[f"ours fwd+bwd {name} (out=buf)"] = (
+            lambda h=half_logits, hb=half_buf: cross_entropy_with_grad(h, target, out=hb,
+                                                                       num_threads=threads), None)
+    cold = logits.nbytes < COLD_BYTES
 
     if with_numpy:
-        results["numpy forward"] = time_call(lambda: numpy_cross_entropy(logits, target), repeat)
-        results["numpy fwd+bwd"] = time_call(lambda: numpy_cross_entropy_with_grad(logits, target), repeat)
+        c["numpy forward"] = (lambda: numpy_cross_entropy(logits, target), None)
+        c["numpy fwd+bwd"] = (lambda: numpy_cross_entropy_with_grad(logits, target), None)
 
     torch = _torch_or_none() if with_torch else None
+    previous_torch_threads = None
     if torch is not None:
-        previous = torch.get_num_threads()
+        previous_torch_threads = torch.get_num_threads()
         torch.set_num_threads(threads)
-        try:
-            tx = torch.from_numpy(logits)
-            tt = torch.from_numpy(target)
-            F = torch.nn.functional
+        tx = torch.from_numpy(logits)
+        tt = torch.from_numpy(target)
+        F = torch.nn.functional
+        leaf = tx.clone().requires_grad_(True)
+        from . import torch as ck_torch  # the adapter, on the same tensors
+
+        def torch_forward():
             with torch.no_grad():
-                results["torch forward"] = time_call(lambda: F.cross_entropy(tx, tt), repeat)
-            leaf = tx.clone().requires_grad_(True)
+                F.cross_entropy(tx, tt)
 
-            def torch_fwd_bwd():
-                leaf.grad = None
-                F.cross_entropy(leaf, tt).backward()
+        def torch_fwd_bwd():
+            leaf.grad = None
+            F.cross_entropy(leaf, tt).backward()
 
-            results["torch fwd+bwd"] = time_call(torch_fwd_bwd, repeat)
+        def adapter_fwd_bwd():
+            leaf.grad = None
+            ck_torch.cross_entropy(leaf, tt).backward()
 
-            from . import torch as ck_torch  # the adapter, on the same tensors
-
-            def adapter_fwd_bwd():
-                leaf.grad = None
-                ck_torch.cross_entropy(leaf, tt).backward()
-
-            results["ce_kernels.torch fwd+bwd"] = time_call(adapter_fwd_bwd, repeat)
-        finally:
-            torch.set_num_threads(previous)
-
+        c["torch forward"] = (torch_forward, None)
+        c["torch fwd+bwd"] = (torch_fwd_bwd, None)
+        c["ce_kernels.torch fwd+bwd"] = (adapter_fwd_bwd, None)
+    if cold:
+        # Cache-sized logits: each timed call follows an untimed one on the
+        # same data (so it finds them in cache, as right after they were
+        # computed, whatever ran in between); then the same from memory.
+        c = {name: (fn, setup or fn) for name, (fn, setup) in c.items()}
+        c.update(_cold_contenders(logits, target, buf, threads))
+    try:
+        results = time_interleaved(c, repeat)
+    finally:
+        if previous_torch_threads is not None:
+            torch.set_num_threads(previous_torch_threads)
     return {"n": n, "v": v, "threads": threads, "bytes": logits.nbytes, "times": results}
 
 
@@ -195,6 +247,8 @@ def derived_ratios(shape_result: Dict[str, object]) -> Dict[str, Optional[float]
     get = t.get
     return {
         "forward / read floor": _ratio(get("ours forward"), get("read floor")),
+        "forward / read floor, from memory": _ratio(get("ours forward (from memory)"),
+                                                    get("read floor (from memory)")),
         "float16 forward / float32 forward": _ratio(get("ours forward float16"), get("ours forward")),
         "bfloat16 forward / float32 forward": _ratio(get("ours forward bfloat16"), get("ours forward")),
         "token_stats / forward": _ratio(get("ours token_stats"), get("ours forward")),
@@ -213,14 +267,15 @@ def derived_ratios(shape_result: Dict[str, object]) -> Dict[str, Optional[float]
 def format_table(shape_result: Dict[str, object]) -> str:
     n, v, nbytes = shape_result["n"], shape_result["v"], shape_result["bytes"]
     times = shape_result["times"]
-    floor = times["read floor"]["min"]
+    floors = {False: times["read floor"]["min"],
+              True: times.get("read floor (from memory)", times["read floor"])["min"]}
     lines = [f"(N, V) = ({n}, {v})  float32 (half-precision rows: the same values rounded), "
              f"{nbytes / 1e6:.1f} MB of float32 logits",
-             f"  {'':32s} {'min ms':>10s} {'median ms':>10s} {'GB/s read':>10s} {'x read floor':>13s}"]
+             f"  {'':36s} {'min ms':>10s} {'median ms':>10s} {'GB/s read':>10s} {'x read floor':>13s}"]
     for name, t in times.items():
         gbps = nbytes / t["min"] / 1e9
-        lines.append(f"  {name:32s} {t['min'] * 1e3:10.3f} {t['median'] * 1e3:10.3f} "
-                     f"{gbps:10.1f} {t['min'] / floor:13.2f}")
+        lines.append(f"  {name:36s} {t['min'] * 1e3:10.3f} {t['median'] * 1e3:10.3f} "
+                     f"{gbps:10.1f} {t['min'] / floors['from memory' in name]:13.2f}")
     for name, value in derived_ratios(shape_result).items():
         if value is not None:
             lines.append(f"  {name:42s} {value:8.2f}x" if "speedup" in name else f"  {name:42s} {value:8.2f}")
