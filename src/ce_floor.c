@@ -12,50 +12,54 @@
 #include "ce_internal.h"
 #include "ce_math.h"
 
-/* Sum of x[0:n] in 16 float lanes, four vectors at a time (enough
- * independent additions to keep up with two loads per cycle): the cheapest
- * loop that touches every element once. Its value only keeps the reads from
- * being optimised away. Compiled per instruction set, like the kernels, so
- * that the floor is as fast as this CPU can read, from cache as from memory. */
-#define CE_DEFINE_READ_SPAN(name, target)                                    \
+/* Sum of x[0:n] in float vectors of width w (ce_vec.h), four at a time
+ * (enough independent additions to keep up with two loads per cycle): the
+ * cheapest loop that touches every element once. Its value only keeps the
+ * reads from being optimised away. Compiled per instruction set at its
+ * register width, like the kernels, so that the floor is as fast as this
+ * CPU can read, from cache as from memory. */
+#define CE_DEFINE_READ_SPAN(name, target, w)                                 \
     target static double name(const float *x, int64_t n)                     \
     {                                                                        \
-        ce_vf acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};                \
+        enum { lanes = sizeof(ce_vf##w) / sizeof(float) };                   \
+        ce_vf##w acc0 = {0}, acc1 = {0}, acc2 = {0}, acc3 = {0};             \
         int64_t i = 0;                                                       \
-        for (; i + 64 <= n; i += 64) {                                       \
-            acc0 += ce_load_f32(x + i);                                      \
-            acc1 += ce_load_f32(x + i + 16);                                 \
-            acc2 += ce_load_f32(x + i + 32);                                 \
-            acc3 += ce_load_f32(x + i + 48);                                 \
+        for (; i + 4 * lanes <= n; i += 4 * lanes) {                         \
+            acc0 += ce_load_f32##w(x + i);                                   \
+            acc1 += ce_load_f32##w(x + i + lanes);                           \
+            acc2 += ce_load_f32##w(x + i + 2 * lanes);                       \
+            acc3 += ce_load_f32##w(x + i + 3 * lanes);                       \
         }                                                                    \
         acc0 = (acc0 + acc1) + (acc2 + acc3);                                \
-        float lanes[16];                                                     \
-        memcpy(lanes, &acc0, sizeof lanes);                                  \
+        float sums[lanes];                                                   \
+        memcpy(sums, &acc0, sizeof sums);                                    \
         double total = 0.0;                                                  \
-        for (int l = 0; l < 16; ++l) total += lanes[l];                      \
+        for (int l = 0; l < lanes; ++l) total += sums[l];                    \
         for (; i < n; ++i) total += x[i];                                    \
         return total;                                                        \
     }
 
 /* x[i] *= factor over [0, n): one read and one write of every element in
  * place, the least an in-place gradient costs. */
-#define CE_DEFINE_UPDATE_SPAN(name, target)                                  \
+#define CE_DEFINE_UPDATE_SPAN(name, target, w)                               \
     target static void name(float *x, int64_t n, float factor)               \
     {                                                                        \
+        enum { lanes = sizeof(ce_vf##w) / sizeof(float) };                   \
         int64_t i = 0;                                                       \
-        for (; i + 16 <= n; i += 16) ce_store_f32(x + i, ce_load_f32(x + i) * factor); \
+        for (; i + lanes <= n; i += lanes)                                   \
+            ce_store_f32##w(x + i, ce_load_f32##w(x + i) * factor);          \
         for (; i < n; ++i) x[i] *= factor;                                   \
     }
 
-CE_DEFINE_READ_SPAN(read_span_baseline, )
-CE_DEFINE_UPDATE_SPAN(update_span_baseline, )
+CE_DEFINE_READ_SPAN(read_span_baseline, , _w4)
+CE_DEFINE_UPDATE_SPAN(update_span_baseline, , _w4)
 #if defined(CE_HAVE_X86_DISPATCH)
 #define CE_FLOOR_AVX2 __attribute__((target("avx2")))
 #define CE_FLOOR_AVX512 __attribute__((target("avx512f,prefer-vector-width=512")))
-CE_DEFINE_READ_SPAN(read_span_avx2, CE_FLOOR_AVX2)
-CE_DEFINE_UPDATE_SPAN(update_span_avx2, CE_FLOOR_AVX2)
-CE_DEFINE_READ_SPAN(read_span_avx512, CE_FLOOR_AVX512)
-CE_DEFINE_UPDATE_SPAN(update_span_avx512, CE_FLOOR_AVX512)
+CE_DEFINE_READ_SPAN(read_span_avx2, CE_FLOOR_AVX2, _w8)
+CE_DEFINE_UPDATE_SPAN(update_span_avx2, CE_FLOOR_AVX2, _w8)
+CE_DEFINE_READ_SPAN(read_span_avx512, CE_FLOOR_AVX512, _w16)
+CE_DEFINE_UPDATE_SPAN(update_span_avx512, CE_FLOOR_AVX512, _w16)
 #endif
 
 /* The widest loads this CPU has, whatever path the kernels are forced to. */

@@ -4,9 +4,9 @@
  *
  *   CE_T          element type in memory (float, double, uint16_t for halves)
  *   CE_CT         compute type of a lane (float, or double for float64)
- *   CE_VT         vector of CE_W compute lanes (ce_vf, ce_vd)
+ *   CE_VT         vector of CE_W compute lanes (ce_vf_w*, ce_vd_w* of ce_vec.h)
  *   CE_VIT        matching integer vector (comparison masks)
- *   CE_W          lanes per vector (16 for float compute, 8 for double)
+ *   CE_W          lanes per vector: as many as the path's registers hold
  *   CE_IOTA       the CE_VIT vector {0, 1, ..., CE_W-1}
  *   CE_VLOAD(p)   CE_W elements at p -> CE_VT;  CE_VSTORE(p, v): back
  *   CE_VEXP       vector exponential (ce_math.h)
@@ -164,10 +164,10 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
     memset(&s, 0, sizeof s);
     int64_t i = 0;
     for (; i + 4 * CE_W <= n; i += 4 * CE_W) {
-        /* While this chunk is computed from L1, bring in the next one (a
-         * cache line per vector of floats), so memory and arithmetic overlap. */
-        for (int k = 0; k < 4; ++k)
-            __builtin_prefetch(x + i + k * CE_W + CE_PREFETCH_AHEAD, 0, 3);
+        /* While this chunk is computed from L1, bring in the next one, a
+         * 64-byte line at a time, so memory and arithmetic overlap. */
+        for (size_t b = 0; b < 4 * CE_W * sizeof(CE_T); b += 64)
+            __builtin_prefetch((const char *)(x + i + CE_PREFETCH_AHEAD) + b, 0, 3);
         CE_VT e0 = CE_NAME(stats_step)(x, i, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
         CE_VT e1 = CE_NAME(stats_step)(x, i + CE_W, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
         CE_VT e2 = CE_NAME(stats_step)(x, i + 2 * CE_W, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);

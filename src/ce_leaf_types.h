@@ -1,32 +1,38 @@
 /*
  * Expands the chunk kernels (ce_leaf_template.h) for every element type on
  * the instruction set named by CE_ISA, with CE_TARGET as the function
- * attribute that selects it, CE_F16_LOAD / CE_F16_STORE / CE_BF16_LOAD as
- * the half-precision conversions, CE_EXP_F32 as the float exponential and
- * CE_MAX_F32 / CE_MAX_F64 as the lane maxima and CE_FMS_F32 / CE_FMS_F64 as
- * the fused multiply-subtracts to use there. Included once per instruction set.
+ * attribute that selects it, CE_VW (_w4, _w8, _w16) naming the vector width
+ * of its registers (ce_vec.h) and CE_LANES its float lanes, CE_F16_LOAD /
+ * CE_F16_STORE / CE_BF16_LOAD as the half-precision conversions, CE_EXP_F32
+ * as the float exponential, CE_MAX_F32 / CE_MAX_F64 as the lane maxima and
+ * CE_FMS_F32 / CE_FMS_F64 as the fused multiply-subtracts to use there.
+ * Included once per instruction set.
  */
 #define CE_CAT4_(a, b, c, d) a##b##c##d
 #define CE_CAT4(a, b, c, d) CE_CAT4_(a, b, c, d)
+#define CE_CAT3_(a, b, c) a##b##c
+#define CE_CAT3(a, b, c) CE_CAT3_(a, b, c)
+/* The generic vector function or type `name` at this path's width. */
+#define CE_WIDE(name) CE_CAT3(ce_, name, CE_VW)
 
 /* Everything computed in float lanes: float32, float16, bfloat16. */
 #define CE_CT float
-#define CE_VT ce_vf
-#define CE_VIT ce_vi32
-#define CE_W 16
-#define CE_IOTA ((ce_vi32){0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15})
+#define CE_VT CE_WIDE(vf)
+#define CE_VIT CE_WIDE(vi32)
+#define CE_W CE_LANES
+#define CE_IOTA CE_WIDE(iota_i32)()
 #define CE_VEXP CE_EXP_F32
-#define CE_SOFTCAP ce_softcap_f
-#define CE_SELECT ce_select_f
+#define CE_SOFTCAP CE_WIDE(softcap_f)
+#define CE_SELECT CE_WIDE(select_f)
 #define CE_VMAX CE_MAX_F32
 #define CE_VFMS CE_FMS_F32
-#define CE_ACC ce_acc_f
-#define CE_ACC_ADD ce_acc_add_f
-#define CE_ACC_SUM ce_acc_sum_f
+#define CE_ACC CE_WIDE(acc_f)
+#define CE_ACC_ADD CE_WIDE(acc_add_f)
+#define CE_ACC_SUM CE_WIDE(acc_sum_f)
 
 #define CE_T float
-#define CE_VLOAD ce_load_f32
-#define CE_VSTORE ce_store_f32
+#define CE_VLOAD CE_WIDE(load_f32)
+#define CE_VSTORE CE_WIDE(store_f32)
 #define CE_NAME(x) CE_CAT4(ce_, x, _f32_, CE_ISA)
 #include "ce_leaf_template.h"
 #undef CE_T
@@ -44,7 +50,7 @@
 #undef CE_NAME
 
 #define CE_VLOAD CE_BF16_LOAD
-#define CE_VSTORE ce_store_bf16
+#define CE_VSTORE CE_WIDE(store_bf16)
 #define CE_NAME(x) CE_CAT4(ce_, x, _bf16_, CE_ISA)
 #include "ce_leaf_template.h"
 #undef CE_T
@@ -66,23 +72,23 @@
 #undef CE_ACC_ADD
 #undef CE_ACC_SUM
 
-/* float64: 8 double lanes */
+/* float64: half as many double lanes */
 #define CE_T double
 #define CE_CT double
-#define CE_VT ce_vd
-#define CE_VIT ce_vi64
-#define CE_W 8
-#define CE_IOTA ((ce_vi64){0, 1, 2, 3, 4, 5, 6, 7})
-#define CE_VLOAD ce_load_f64
-#define CE_VSTORE ce_store_f64
-#define CE_VEXP ce_exp_d
-#define CE_SOFTCAP ce_softcap_d
-#define CE_SELECT ce_select_d
+#define CE_VT CE_WIDE(vd)
+#define CE_VIT CE_WIDE(vi64)
+#define CE_W (CE_LANES / 2)
+#define CE_IOTA CE_WIDE(iota_i64)()
+#define CE_VLOAD CE_WIDE(load_f64)
+#define CE_VSTORE CE_WIDE(store_f64)
+#define CE_VEXP CE_WIDE(exp_d)
+#define CE_SOFTCAP CE_WIDE(softcap_d)
+#define CE_SELECT CE_WIDE(select_d)
 #define CE_VMAX CE_MAX_F64
 #define CE_VFMS CE_FMS_F64
-#define CE_ACC ce_acc_d
-#define CE_ACC_ADD ce_acc_add_d
-#define CE_ACC_SUM ce_acc_sum_d
+#define CE_ACC CE_WIDE(acc_d)
+#define CE_ACC_ADD CE_WIDE(acc_add_d)
+#define CE_ACC_SUM CE_WIDE(acc_sum_d)
 #define CE_NAME(x) CE_CAT4(ce_, x, _f64_, CE_ISA)
 #include "ce_leaf_template.h"
 #undef CE_T
@@ -102,3 +108,6 @@
 #undef CE_ACC_ADD
 #undef CE_ACC_SUM
 #undef CE_NAME
+#undef CE_CAT3_
+#undef CE_CAT3
+#undef CE_WIDE

@@ -6,7 +6,26 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 
+import ce_kernels as ck
+
 THREAD_COUNTS = [1, 2, 3, 8]
+
+
+def _available_isas():
+    order = ["sse2", "avx2", "avx512"]
+    best = ck.build_info()["best_isa"]
+    return order[: order.index(best) + 1] if best in order else [best]
+
+
+@pytest.fixture(params=_available_isas())
+def isa(request):
+    """Runs a test on one instruction-set path. Each path has its own vector
+    width and exponential, so modules that exercise the kernels' arithmetic
+    run on all of them (``pytestmark = pytest.mark.usefixtures("isa")``)."""
+    active = ck.build_info()["isa"]
+    ck.set_isa(request.param)
+    yield request.param
+    ck.set_isa(active)
 
 
 @pytest.fixture

@@ -7,6 +7,9 @@ import ce_kernels as ck
 import reference as ref
 from conftest import tolerance
 
+# Each test runs on every instruction-set path this CPU has.
+pytestmark = pytest.mark.usefixtures("isa")
+
 SHAPES = [(1, 1), (7, 3), (5,), (16, 2049), (3, 4, 37), (0, 5), (2, 50000)]
 TARGET_KINDS = ["index", "index_ignored", "soft"]
 

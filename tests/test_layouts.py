@@ -7,6 +7,9 @@ import ce_kernels as ck
 import reference as ref
 from conftest import tolerance
 
+# Each test runs on every instruction-set path this CPU has.
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 def layouts(base):
     """(name, array with the values of base) for many memory layouts."""

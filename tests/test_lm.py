@@ -7,6 +7,9 @@ import ce_kernels as ck
 import reference as ref
 from conftest import THREAD_COUNTS
 
+# Each test runs on every instruction-set path this CPU has.
+pytestmark = pytest.mark.usefixtures("isa")
+
 try:
     import ml_dtypes as _ml
     HALF_DTYPES = [np.dtype(np.float16), np.dtype(_ml.bfloat16)]

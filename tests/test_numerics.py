@@ -7,6 +7,9 @@ import ce_kernels as ck
 import reference as ref
 from ce_kernels import _core
 
+# Each test runs on every instruction-set path this CPU has.
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("offset", [1e4, -1e4])
@@ -90,21 +93,6 @@ def test_more_than_2_to_31_elements():
     lse = ref.logsumexp(row.astype(np.float64))
     np.testing.assert_allclose(losses[[0, 1, n_rows - 1]], lse - row[target[[0, 1, n_rows - 1]]].astype(np.float64), rtol=2e-6)
     np.testing.assert_allclose(losses[-1000:], lse - row[target[-1000:]].astype(np.float64), rtol=2e-6)
-
-
-def _available_isas():
-    order = ["sse2", "avx2", "avx512"]
-    best = ck.build_info()["best_isa"]
-    return order[: order.index(best) + 1] if best in order else [best]
-
-
-@pytest.fixture(params=_available_isas())
-def isa(request):
-    """Runs a test on one instruction-set path (each has its own exp)."""
-    active = ck.build_info()["isa"]
-    ck.set_isa(request.param)
-    yield request.param
-    ck.set_isa(active)
 
 
 @pytest.mark.parametrize("dtype,max_ulp", [(np.float32, 2), (np.float64, 2)])

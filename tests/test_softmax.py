@@ -6,6 +6,9 @@ import ce_kernels as ck
 import reference as ref
 from conftest import tolerance
 
+# Each test runs on every instruction-set path this CPU has.
+pytestmark = pytest.mark.usefixtures("isa")
+
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape,axis", [((7,), 0), ((4, 9), -1), ((4, 9), 0), ((3, 5, 4100), 1),
