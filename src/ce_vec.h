@@ -137,14 +137,16 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_d)(CE_V(vd) x)
 
 /* ---- float <-> double ----------------------------------------------------- */
 
-/* A float vector widened to doubles, as its lower and upper half. */
+/* A float vector widened to doubles, as its lower and upper half. Converting
+ * the whole vector and then splitting it compiles to full-width conversions
+ * on every path (splitting first makes GCC convert two lanes at a time). */
 CE_ALWAYS_INLINE void CE_V(widen_f)(CE_V(vf) v, CE_V(vd) *lo, CE_V(vd) *hi)
 {
+    const CE_V(vd_wide) wide = __builtin_convertvector(v, CE_V(vd_wide));
 #if defined(__clang__) || __GNUC__ >= 12
-    *lo = __builtin_convertvector(__builtin_shufflevector(v, v, CE_VLO), CE_V(vd));
-    *hi = __builtin_convertvector(__builtin_shufflevector(v, v, CE_VHI), CE_V(vd));
+    *lo = __builtin_shufflevector(wide, wide, CE_VLO);
+    *hi = __builtin_shufflevector(wide, wide, CE_VHI);
 #else
-    CE_V(vd_wide) wide = __builtin_convertvector(v, CE_V(vd_wide));
     memcpy(lo, &wide, sizeof *lo);
     memcpy(hi, (const char *)&wide + sizeof *lo, sizeof *hi);
 #endif
