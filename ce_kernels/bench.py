@@ -58,8 +58,9 @@ def numpy_cross_entropy_with_grad(logits: np.ndarray, target: np.ndarray):
 Timed = Tuple[Callable[[], object], Optional[Callable[[], None]]]
 
 
-def _summary(times: List[float]) -> Dict[str, float]:
-    return {"min": min(times), "median": statistics.median(times), "runs": len(times)}
+def _summary(times: List[float]) -> Dict[str, object]:
+    return {"min": min(times), "median": statistics.median(times), "runs": len(times),
+            "times": times}
 
 
 def time_call(fn: Callable[[], object], repeat: int, setup: Optional[Callable[[], None]] = None,
@@ -236,31 +237,44 @@ def bench_shape(n: int, v: int, threads: int, repeat: int, with_numpy: bool = Tr
 
 # ---- reporting ---------------------------------------------------------------------
 
-def _ratio(a: Optional[Dict[str, float]], b: Optional[Dict[str, float]]) -> Optional[float]:
+def _ratio(a: Optional[Dict[str, object]], b: Optional[Dict[str, object]]) -> Optional[float]:
     if a is None or b is None:
         return None
     return a["min"] / b["min"]
 
 
-def derived_ratios(shape_result: Dict[str, object]) -> Dict[str, Optional[float]]:
+def _paired_ratio(a: Optional[Dict[str, object]],
+                  b: Optional[Dict[str, object]]) -> Optional[float]:
+    """Median over rounds of a's time / b's time in the same round: calls
+    timed side by side share the machine's state, so this ratio is steadier
+    than one of minima, which one lucky run of either side can move."""
+    if a is None or b is None:
+        return None
+    return statistics.median(x / y for x, y in zip(a["times"], b["times"]))
+
+
+def derived_ratios(shape_result: Dict[str, object],
+                   ratio: Callable[..., Optional[float]] = _ratio) -> Dict[str, Optional[float]]:
+    """The figures the targets are stated in: ratios of minima by default,
+    or of any other statistic given as ``ratio``."""
     t = shape_result["times"]
     get = t.get
     return {
-        "forward / read floor": _ratio(get("ours forward"), get("read floor")),
-        "forward / read floor, from memory": _ratio(get("ours forward (from memory)"),
-                                                    get("read floor (from memory)")),
-        "float16 forward / float32 forward": _ratio(get("ours forward float16"), get("ours forward")),
-        "bfloat16 forward / float32 forward": _ratio(get("ours forward bfloat16"), get("ours forward")),
-        "token_stats / forward": _ratio(get("ours token_stats"), get("ours forward")),
-        "fwd+bwd in place / read floor": _ratio(get("ours fwd+bwd (in place)"), get("read floor")),
-        "fwd+bwd in place / in-place floor": _ratio(get("ours fwd+bwd (in place)"), get("in-place floor")),
-        "fwd+bwd out=buf / copy floor": _ratio(get("ours fwd+bwd (out=buf)"), get("copy floor")),
-        "forward speedup vs numpy": _ratio(get("numpy forward"), get("ours forward")),
-        "forward speedup vs torch": _ratio(get("torch forward"), get("ours forward")),
-        "fwd+bwd speedup vs numpy": _ratio(get("numpy fwd+bwd"), get("ours fwd+bwd (out=buf)")),
-        "fwd+bwd speedup vs torch": _ratio(get("torch fwd+bwd"), get("ours fwd+bwd (out=buf)")),
-        "ce_kernels.torch fwd+bwd speedup vs torch": _ratio(get("torch fwd+bwd"),
-                                                            get("ce_kernels.torch fwd+bwd")),
+        "forward / read floor": ratio(get("ours forward"), get("read floor")),
+        "forward / read floor, from memory": ratio(get("ours forward (from memory)"),
+                                                   get("read floor (from memory)")),
+        "float16 forward / float32 forward": ratio(get("ours forward float16"), get("ours forward")),
+        "bfloat16 forward / float32 forward": ratio(get("ours forward bfloat16"), get("ours forward")),
+        "token_stats / forward": ratio(get("ours token_stats"), get("ours forward")),
+        "fwd+bwd in place / read floor": ratio(get("ours fwd+bwd (in place)"), get("read floor")),
+        "fwd+bwd in place / in-place floor": ratio(get("ours fwd+bwd (in place)"), get("in-place floor")),
+        "fwd+bwd out=buf / copy floor": ratio(get("ours fwd+bwd (out=buf)"), get("copy floor")),
+        "forward speedup vs numpy": ratio(get("numpy forward"), get("ours forward")),
+        "forward speedup vs torch": ratio(get("torch forward"), get("ours forward")),
+        "fwd+bwd speedup vs numpy": ratio(get("numpy fwd+bwd"), get("ours fwd+bwd (out=buf)")),
+        "fwd+bwd speedup vs torch": ratio(get("torch fwd+bwd"), get("ours fwd+bwd (out=buf)")),
+        "ce_kernels.torch fwd+bwd speedup vs torch": ratio(get("torch fwd+bwd"),
+                                                           get("ce_kernels.torch fwd+bwd")),
     }
 
 
@@ -276,9 +290,12 @@ def format_table(shape_result: Dict[str, object]) -> str:
         gbps = nbytes / t["min"] / 1e9
         lines.append(f"  {name:36s} {t['min'] * 1e3:10.3f} {t['median'] * 1e3:10.3f} "
                      f"{gbps:10.1f} {t['min'] / floors['from memory' in name]:13.2f}")
+    lines.append(f"  {'':42s} {'of minima':>10s} {'paired median':>14s}")
+    paired = derived_ratios(shape_result, _paired_ratio)
     for name, value in derived_ratios(shape_result).items():
         if value is not None:
-            lines.append(f"  {name:42s} {value:8.2f}x" if "speedup" in name else f"  {name:42s} {value:8.2f}")
+            unit = "x" if "speedup" in name else " "
+            lines.append(f"  {name:42s} {value:9.2f}{unit} {paired[name]:13.2f}{unit}")
     return "\n".join(lines)
 
 
@@ -298,6 +315,7 @@ def run(shapes: Sequence[Tuple[int, int]] = DEFAULT_SHAPES, threads: Optional[in
     for n, v in shapes:
         r = bench_shape(n, v, threads, repeat, with_numpy=with_numpy, with_torch=with_torch)
         r["ratios"] = derived_ratios(r)
+        r["paired_ratios"] = derived_ratios(r, _paired_ratio)
         results.append(r)
         if not as_json:
             print(format_table(r), file=out)

@@ -41,7 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         "bench", help="time ce_kernels against NumPy, PyTorch and the memory floor",
         description="Times the forward pass and the fused forward+backward on float32 logits "
                     "against a careful NumPy implementation, PyTorch (when installed) and the "
-                    "memory floor, all in one run. Figures are minimums of repeats.")
+                    "memory floor, all in one run, contenders interleaved round by round. "
+                    "Times are minimums and medians of repeats; ratios are given both as "
+                    "ratios of minimums and as medians of the ratios within each round.")
     bench.add_argument("--shape", dest="shapes", type=parse_shape, action="append",
                        help="an NxV shape to run (repeatable); default: "
                             "2048x32000, 512x128256, 8x256000, 1x256000")
