@@ -73,6 +73,11 @@ typedef struct {
      * equal x. */
     void (*rescale_from_x)(const void *x, void *out, int64_t n, double shift, double f,
                            double c, const ce_chunk_opts *opts, int64_t t, double delta);
+    /* sum of exp(x' - shift) over v[0:n], every vector widened before it is
+     * added (sweep 1 adds a few in the compute type first): from the
+     * logits, or, when stored, from the exponentials sweep 1 stored in v. */
+    double (*exact_sumexp)(const void *v, int64_t n, int stored, double shift,
+                           const ce_chunk_opts *opts);
     /* Second sweep for log-softmax: out = (x - max) - log_sum (out may equal x). */
     void (*shift)(const void *x, int64_t n, void *out, double max, double log_sum);
     /* exp on an array, for measuring its accuracy (float32/float64 only). */

@@ -127,6 +127,7 @@ typedef struct {
     double g;                /* gradient/softmax factor before exp(shift - max) */
     double c;                /* coefficient of a_j in the gradient         */
     double target_delta;     /* added to out[target] after rescaling      */
+    int reread;              /* the merge read the row again (exact sum)   */
 } ce_row;
 
 static size_t dtype_size(ce_dtype dtype)
@@ -233,11 +234,15 @@ static int64_t chunk_len(const ce_plan *pl, int64_t c)
     return left < CE_CHUNK ? left : CE_CHUNK;
 }
 
-/* The target's logit as the loss sees it (soft-capped if asked). */
+/* The target's logit as the loss sees it: soft-capped if asked, then
+ * rounded as the kernels round capped logits (to float below float64), so
+ * that a target at the row maximum m gives m - x_t = 0 exactly. */
 static double capped(const ce_plan *pl, double x)
 {
     const double cap = pl->opts.softcap;
-    return cap > 0.0 ? cap * tanh(x / cap) : x;
+    if (cap <= 0.0) return x;
+    const double y = cap * tanh(x / cap);
+    return pl->esize == sizeof(double) ? y : (double)(float)y;
 }
 
 /* ---- sweep 1 ------------------------------------------------------------ */
@@ -283,6 +288,36 @@ static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
     return 0;
 }
 
+/* Below this, a row's sum of exponentials is re-added exactly (see
+ * exact_row_sum): log(sum) < 0.118, where an absolute error of 1e-7 would
+ * exceed 1e-6 of it. */
+#define CE_EXACT_SUM_BELOW 1.125
+
+/* The row's sum of exponentials (relative to the row maximum m) with the
+ * chunks that hold m re-added without rounding in the compute type. Sweep 1
+ * adds a few exponentials per lane in float before widening; next to the
+ * maximum's exp(0) = 1 each such addition loses up to 6e-8, which is most
+ * of log(sum) when the sum is barely above 1 (a confident row, whose loss is
+ * small). Other chunks' rounding is relative to their own smaller share. */
+static double exact_row_sum(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m)
+{
+    const ce_problem *p = pl->p;
+    const void *base = pl->store_exp ? row_of(p->out, r, p->out_stride, pl->esize)
+                                     : row_of(p->x, r, p->x_stride, pl->esize);
+    double sum = 0.0;
+    for (int64_t c = 0; c < pl->n_chunks; ++c) {
+        if (st[c].max == -INFINITY) continue;
+        if (st[c].max != m) {
+            sum += st[c].sumexp * exp(st[c].shift - m);
+            continue;
+        }
+        const ce_chunk_opts opts = chunk_opts(pl, r, c);
+        sum += pl->leaf->exact_sumexp((const char *)base + (size_t)(c * CE_CHUNK) * pl->esize,
+                                      chunk_len(pl, c), pl->store_exp, st[c].shift, &opts);
+    }
+    return sum;
+}
+
 /* Merges the chunk stats of row r in chunk order, prepares sweep 2 and,
  * when result is not NULL, stores the row's loss or log-sum-exp there. */
 static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
@@ -302,6 +337,8 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         asum += st[c].asum;
         if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
     }
+    row->reread = sum < CE_EXACT_SUM_BELOW;
+    if (row->reread) sum = exact_row_sum(pl, r, st, m);
     const double log_sum = log(sum);
     row->ignored = 0;
     row->max = m;
@@ -458,6 +495,11 @@ static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads)
             summarize_row(pl, r, st, target_logit, &row,
                           master && p->row_out ? &p->row_out[r] : NULL);
             if (pl->second_sweep) {
+                /* every thread must have finished reading the row before
+                 * any overwrites it (in place, or the stored exponentials) */
+                if (row.reread) {
+                    #pragma omp barrier
+                }
                 #pragma omp for schedule(static)
                 for (int64_t c = 0; c < nc; ++c) sweep2_chunk(pl, r, c, st, &row);
             } else {

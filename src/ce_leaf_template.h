@@ -308,6 +308,27 @@ CE_TARGET static void CE_NAME(rescale_from_x)(const void *xv, void *outv, int64_
     }
 }
 
+/* ---- the sum of exponentials, without rounding in the compute type ---- */
+
+CE_TARGET static double CE_NAME(exact_sumexp)(const void *vv, int64_t n, int stored,
+                                              double shift, const ce_chunk_opts *opts)
+{
+    const CE_T *v = (const CE_T *)vv;
+    const int has_cap = opts->softcap > 0.0;
+    const CE_VT vs = CE_NAME(splat)((CE_CT)shift);
+    CE_ACC acc;
+    memset(&acc, 0, sizeof acc);
+    for (int64_t i = 0; i < n; i += CE_W) {
+        const int64_t count = n - i < CE_W ? n - i : CE_W;
+        /* the same values sweep 1 computed, lane for lane */
+        const CE_VT e = stored ? CE_NAME(load)(v + i, count, (CE_CT)0)
+                               : CE_VEXP(CE_NAME(logits)(v + i, count, -(CE_CT)__builtin_inf(),
+                                                         opts->softcap, has_cap) - vs);
+        CE_ACC_ADD(&acc, e);
+    }
+    return CE_ACC_SUM(acc);
+}
+
 /* ---- second sweep for log-softmax: out = (x - max) - log_sum ----------- */
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(shift_step)(
@@ -341,6 +362,6 @@ CE_TARGET static void CE_NAME(exp_array)(const void *xv, void *yv, int64_t n)
 }
 
 const ce_leaf CE_NAME(leaf) = {
-    CE_NAME(stats), CE_NAME(rescale), CE_NAME(rescale_from_x), CE_NAME(shift),
-    CE_NAME(exp_array)
+    CE_NAME(stats), CE_NAME(rescale), CE_NAME(rescale_from_x), CE_NAME(exact_sumexp),
+    CE_NAME(shift), CE_NAME(exp_array)
 };

@@ -95,6 +95,67 @@ def test_more_than_2_to_31_elements():
     np.testing.assert_allclose(losses[-1000:], lse - row[target[-1000:]].astype(np.float64), rtol=2e-6)
 
 
+def _confident_rows(rng, n, vocab, margins, dtype=np.float32):
+    """Rows whose target leads the rest by each margin: per-row losses from
+    about 1 down to 1e-6, where the sum of exponentials is barely above 1."""
+    logits = rng.standard_normal((n, vocab))
+    target = rng.integers(0, vocab, n)
+    logits[np.arange(n), target] += np.resize(margins, n)
+    return logits.astype(dtype), target
+
+
+@pytest.mark.parametrize("shape,threads", [((24, 20000), 2), ((2, 200_000), 2), ((24, 5003), 1)])
+def test_confident_rows_keep_relative_accuracy(rng, shape, threads):
+    """A confident row's loss is log(1 + tiny): float32 logits still give it
+    to 1e-6 relative, in every mode that reports it."""
+    n, vocab = shape
+    margins = np.array([24.0, 20.0, 16.0, 12.0, 8.0])
+    logits, target = _confident_rows(rng, n, vocab, margins)
+    x64 = logits.astype(np.float64)
+    expected = ref.cross_entropy(x64, target, reduction="none")
+    assert expected.min() < 1e-5
+    loss = ck.cross_entropy(logits, target, reduction="none", num_threads=threads)
+    np.testing.assert_allclose(loss, expected, rtol=1e-6)
+    loss_buf, grad = ck.cross_entropy_with_grad(logits, target, reduction="none", num_threads=threads)
+    np.testing.assert_allclose(loss_buf, expected, rtol=1e-6)
+    np.testing.assert_allclose(grad, ref.cross_entropy_grad(x64, target, reduction="none"),
+                               rtol=2e-5, atol=1e-7)
+    work = logits.copy()
+    loss_in_place, _ = ck.cross_entropy_with_grad(work, target, reduction="none", out=work,
+                                                  num_threads=threads)
+    np.testing.assert_allclose(loss_in_place, expected, rtol=1e-6)
+    stats = ck.token_stats(logits, target, num_threads=threads)
+    nll, _, _, entropy = ref.token_stats(x64, target)
+    np.testing.assert_allclose(stats.nll, nll, rtol=1e-6)
+    np.testing.assert_allclose(stats.entropy, entropy, rtol=2e-6)
+    log_p = ck.log_softmax(logits)
+    np.testing.assert_allclose(np.take_along_axis(log_p, target[:, None], -1)[:, 0], -expected,
+                               rtol=1e-6)
+
+
+def test_confident_rows_half_precision_and_softcap(rng):
+    halves = [np.float16]
+    try:
+        import ml_dtypes
+        halves.append(ml_dtypes.bfloat16)
+    except ImportError:
+        pass
+    for dtype in halves:
+        logits, target = _confident_rows(rng, 10, 9000, np.array([6.0, 9.0, 12.0]), dtype)
+        x64 = logits.astype(np.float64)
+        np.testing.assert_allclose(ck.cross_entropy(logits, target, reduction="none"),
+                                   ref.cross_entropy(x64, target, reduction="none"), rtol=1e-6)
+        loss, _ = ck.cross_entropy_with_grad(logits, target, reduction="none")
+        np.testing.assert_allclose(loss, ref.cross_entropy(x64, target, reduction="none"), rtol=1e-6)
+    logits, target = _confident_rows(rng, 10, 9000, np.array([20.0, 30.0, 40.0]))
+    x64 = logits.astype(np.float64)
+    expected = ref.cross_entropy(x64, target, reduction="none", softcap=30.0)
+    assert expected.min() < 1e-4
+    for fn in (ck.cross_entropy, lambda *a, **k: ck.cross_entropy_with_grad(*a, **k)[0]):
+        np.testing.assert_allclose(fn(logits, target, reduction="none", softcap=30.0), expected,
+                                   rtol=1e-6)
+
+
 @pytest.mark.parametrize("dtype,max_ulp", [(np.float32, 2), (np.float64, 2)])
 def test_exponential_accuracy_sampled(isa, dtype, max_ulp):
     """Error of the kernels' exp in ulps over the range it is used on."""
