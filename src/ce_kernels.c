@@ -288,32 +288,34 @@ static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
     return 0;
 }
 
-/* Below this, a row's sum of exponentials is re-added exactly (see
- * exact_row_sum): log(sum) < 0.118, where an absolute error of 1e-7 would
+/* Below this, a row's sum of exponentials is taken again exactly (see
+ * row_sumexp): log(sum) < 0.118, where an absolute error of 1e-7 would
  * exceed 1e-6 of it. */
 #define CE_EXACT_SUM_BELOW 1.125
 
-/* The row's sum of exponentials (relative to the row maximum m) with the
- * chunks that hold m re-added without rounding in the compute type. Sweep 1
- * adds a few exponentials per lane in float before widening; next to the
- * maximum's exp(0) = 1 each such addition loses up to 6e-8, which is most
- * of log(sum) when the sum is barely above 1 (a confident row, whose loss is
- * small). Other chunks' rounding is relative to their own smaller share. */
-static double exact_row_sum(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m)
+/* The row's sum of exponentials relative to the row maximum m, merged in
+ * chunk order. With exact, the chunks that hold m are re-added without
+ * rounding in the compute type: sweep 1 adds a few exponentials per lane in
+ * float before widening, and next to the maximum's exp(0) = 1 each such
+ * addition loses up to 6e-8, which is most of log(sum) when the sum is
+ * barely above 1 (a confident row, whose loss is small). Other chunks'
+ * rounding is relative to their own, smaller, share. */
+static double row_sumexp(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m,
+                         int exact)
 {
     const ce_problem *p = pl->p;
-    const void *base = pl->store_exp ? row_of(p->out, r, p->out_stride, pl->esize)
+    const char *base = pl->store_exp ? row_of(p->out, r, p->out_stride, pl->esize)
                                      : row_of(p->x, r, p->x_stride, pl->esize);
     double sum = 0.0;
     for (int64_t c = 0; c < pl->n_chunks; ++c) {
-        if (st[c].max == -INFINITY) continue;
-        if (st[c].max != m) {
-            sum += st[c].sumexp * exp(st[c].shift - m);
-            continue;
+        if (exact && st[c].max == m) {
+            const ce_chunk_opts opts = chunk_opts(pl, r, c);
+            sum += pl->leaf->exact_sumexp(base + (size_t)(c * CE_CHUNK) * pl->esize,
+                                          chunk_len(pl, c), pl->store_exp, st[c].shift, &opts);
+        } else {
+            /* an all -inf chunk adds its sum times 0: 0, or NaN for NaNs */
+            sum += st[c].sumexp * (st[c].max == -INFINITY ? 0.0 : exp(st[c].shift - m));
         }
-        const ce_chunk_opts opts = chunk_opts(pl, r, c);
-        sum += pl->leaf->exact_sumexp((const char *)base + (size_t)(c * CE_CHUNK) * pl->esize,
-                                      chunk_len(pl, c), pl->store_exp, st[c].shift, &opts);
     }
     return sum;
 }
@@ -329,16 +331,16 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
 
     double m = neg_inf;
     for (int64_t c = 0; c < nc; ++c) m = st[c].max > m ? st[c].max : m;
-    double sum = 0.0, lin = 0.0, asum = 0.0, ent = 0.0;
+    double lin = 0.0, asum = 0.0, ent = 0.0;
     for (int64_t c = 0; c < nc; ++c) {
         const double rel = st[c].max == neg_inf ? 0.0 : exp(st[c].shift - m);
-        sum += st[c].sumexp * rel;
         lin += st[c].lin + (st[c].asum != 0.0 ? st[c].asum * (m - st[c].shift) : 0.0);
         asum += st[c].asum;
         if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
     }
+    double sum = row_sumexp(pl, r, st, m, 0);
     row->reread = sum < CE_EXACT_SUM_BELOW;
-    if (row->reread) sum = exact_row_sum(pl, r, st, m);
+    if (row->reread) sum = row_sumexp(pl, r, st, m, 1);
     const double log_sum = log(sum);
     row->ignored = 0;
     row->max = m;
