@@ -288,6 +288,13 @@ static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
     return 0;
 }
 
+/* exp(shift - m): what a chunk's exponentials are worth against the row
+ * maximum m; 0 for a chunk of -inf only (whose sums are 0, or NaN). */
+static double chunk_weight(const ce_chunk_stats *s, double m)
+{
+    return s->max == -INFINITY ? 0.0 : exp(s->shift - m);
+}
+
 /* Below this, a row's sum of exponentials is taken again exactly (see
  * row_sumexp): log(sum) < 0.118, where an absolute error of 1e-7 would
  * exceed 1e-6 of it. */
@@ -313,8 +320,7 @@ static double row_sumexp(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
             sum += pl->leaf->exact_sumexp(base + (size_t)(c * CE_CHUNK) * pl->esize,
                                           chunk_len(pl, c), pl->store_exp, st[c].shift, &opts);
         } else {
-            /* an all -inf chunk adds its sum times 0: 0, or NaN for NaNs */
-            sum += st[c].sumexp * (st[c].max == -INFINITY ? 0.0 : exp(st[c].shift - m));
+            sum += st[c].sumexp * chunk_weight(&st[c], m);
         }
     }
     return sum;
@@ -333,7 +339,7 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
     for (int64_t c = 0; c < nc; ++c) m = st[c].max > m ? st[c].max : m;
     double lin = 0.0, asum = 0.0, ent = 0.0;
     for (int64_t c = 0; c < nc; ++c) {
-        const double rel = st[c].max == neg_inf ? 0.0 : exp(st[c].shift - m);
+        const double rel = chunk_weight(&st[c], m);
         lin += st[c].lin + (st[c].asum != 0.0 ? st[c].asum * (m - st[c].shift) : 0.0);
         asum += st[c].asum;
         if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
@@ -419,6 +425,7 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
                         row->max, row->log_sum);
         return;
     }
+    /* not g * weight: g is inf or NaN for a row of -inf only */
     const double f = st[c].max == -INFINITY ? 0.0 : row->g * exp(st[c].shift - row->max);
     const ce_chunk_opts opts = chunk_opts(pl, r, c);
     /* the target's own term, added in the kernel before the output rounds */
