@@ -24,6 +24,13 @@
  * ahead, so the next chunk arrives while this one is being computed. */
 #define CE_PREFETCH_AHEAD CE_CHUNK
 
+/* How far above the offered reference (ce_chunk_opts.ref) a chunk's
+ * maximum may lie and its one-pass sums still stand: exponentials up to
+ * e^32 (7.9e13) add safely in float, exp's inputs stay within the range
+ * whose error the tests measure, and the factor e^(ref - max) >= e^-32
+ * that later rescales them stays a normal float. */
+#define CE_REF_HEADROOM 32.0
+
 /* Below this many elements in total a call stays on one thread: waking a
  * second thread costs more than the work. */
 #define CE_PARALLEL_THRESHOLD 32768
@@ -37,7 +44,16 @@
  * is non-negative and nothing cancels.
  *
  * softcap > 0 replaces every logit x by softcap * tanh(x / softcap) first.
- * entropy asks for sum_j e[j] * (shift - x[j]) with e = exp(x - shift). */
+ * entropy asks for sum_j e[j] * (shift - x[j]) with e = exp(x - shift).
+ *
+ * ref, when finite, is no larger than the row's maximum (the row driver
+ * passes the maximum of the row's first chunk). When nothing is stored and
+ * no linear or entropy sums are asked, the chunk is then read once: its
+ * exponentials are measured from ref (shift = ref) while its maximum is
+ * found, instead of a pass for the maximum first; if the maximum lies more
+ * than CE_REF_HEADROOM above ref, the chunk is summed again from its own
+ * maximum. Measuring from at most the row maximum keeps every exponential
+ * that matters a normal float. -inf: no reference. */
 typedef struct {
     int active;          /* compute the linear sums                    */
     const void *w;       /* weights of this chunk's classes, or NULL   */
@@ -46,12 +62,13 @@ typedef struct {
     double y_add;
     double softcap;      /* 0: none                                    */
     int entropy;         /* accumulate the entropy term                */
+    double ref;          /* reference shift to try, or -inf            */
 } ce_chunk_opts;
 
 /* What one chunk contributes to its row. */
 typedef struct {
     double max;      /* largest element (-inf if every element is -inf/NaN) */
-    double shift;    /* max, or 0 when max is -inf                         */
+    double shift;    /* max (0 when max is -inf), or the reference ref     */
     double sumexp;   /* sum_j exp(x[j] - shift)                            */
     double lin;      /* sum_j a[j] * (shift - x[j]), a[j] == 0 terms skipped */
     double asum;     /* sum_j a[j]                                         */
@@ -60,6 +77,9 @@ typedef struct {
 
 /* The chunk kernels of one element type on one instruction set. */
 typedef struct {
+    /* Largest element of x[0:n], soft-capped when softcap > 0 (NaN passed
+     * over; -inf if there is no other). */
+    double (*max)(const void *x, int64_t n, double softcap);
     /* First sweep: stats of x[0:n]; stores exp(x - shift) into e when e is
      * not NULL (e may equal x). */
     void (*stats)(const void *x, int64_t n, void *e, const ce_chunk_opts *opts,

@@ -4,8 +4,10 @@
  * a fixed order, and spreads the work over OpenMP threads.
  *
  * Each row is two sweeps over its chunks:
- *   1. per chunk: max, sum of exp(x - max) (stored to the output when a
- *      gradient or softmax is wanted) and the sums of ce_chunk_opts;
+ *   1. per chunk: max, sum of exp(x - shift) (stored to the output when a
+ *      gradient or softmax is wanted) and the sums of ce_chunk_opts, where
+ *      shift is the chunk's maximum or, when the chunk can be read only
+ *      once, the maximum of the row's first chunk;
  *   2. per chunk: the stored exponentials rescaled by one factor per chunk
  *      into the gradient or softmax (or x - logsumexp for log-softmax).
  * So exp is evaluated once per element, and the second sweep reads what
@@ -116,6 +118,7 @@ typedef struct {
     int64_t n_chunks;        /* chunks per row                             */
     int store_exp;           /* sweep 1 stores exp(x - max) to the output  */
     int second_sweep;        /* the output is written                      */
+    int one_pass;            /* chunks are offered a reference shift       */
     ce_chunk_opts opts;      /* chunk options (w, y set per chunk)         */
 } ce_plan;
 
@@ -204,6 +207,7 @@ static void plan_init(ce_plan *pl, const ce_problem *p)
                        (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX ||
                         p->mode == CE_MODE_LOG_SOFTMAX);
     pl->opts.entropy = p->mode == CE_MODE_TOKEN_STATS;
+    pl->opts.ref = -INFINITY;
     if (is_loss) {
         if (p->soft) {
             pl->opts.active = 1;
@@ -213,6 +217,12 @@ static void plan_init(ce_plan *pl, const ce_problem *p)
             pl->opts.active = p->smoothing > 0.0;
         }
     }
+    /* A chunk is read once, its exponentials measured from the row's
+     * reference, only when they are just summed: stored exponentials stay
+     * measured from their chunk's maximum (row_sumexp re-adds them as they
+     * are), and the linear and entropy sums, measured from it, have no
+     * terms that cancel. */
+    pl->one_pass = !pl->store_exp && !pl->opts.active && !pl->opts.entropy;
 }
 
 /* Chunk options for chunk c of row r. */
@@ -247,9 +257,20 @@ static double capped(const ce_plan *pl, double x)
 
 /* ---- sweep 1 ------------------------------------------------------------ */
 
-/* Stats of chunk c of row r. Reads the target's logit first if the chunk
- * holds it, because storing exponentials may overwrite it (in place). */
-static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c,
+/* The reference shift offered to row r's chunks (ce_chunk_opts.ref): the
+ * maximum of the row's first chunk, the same whichever thread asks, so that
+ * results do not depend on the thread count; -inf without one pass. */
+static double row_reference(const ce_plan *pl, int64_t r)
+{
+    if (!pl->one_pass) return -INFINITY;
+    const char *x = row_of(pl->p->x, r, pl->p->x_stride, pl->esize);
+    return pl->leaf->max(x, chunk_len(pl, 0), pl->opts.softcap);
+}
+
+/* Stats of chunk c of row r, offered the reference shift ref. Reads the
+ * target's logit first if the chunk holds it, because storing exponentials
+ * may overwrite it (in place). */
+static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c, double ref,
                          ce_chunk_stats *st, double *target_logit)
 {
     const ce_problem *p = pl->p;
@@ -262,7 +283,8 @@ static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c,
     void *e = NULL;
     if (pl->store_exp)
         e = (char *)row_of(p->out, r, p->out_stride, pl->esize) + (size_t)j0 * pl->esize;
-    const ce_chunk_opts opts = chunk_opts(pl, r, c);
+    ce_chunk_opts opts = chunk_opts(pl, r, c);
+    opts.ref = ref;
     pl->leaf->stats(x + (size_t)j0 * pl->esize, n, e, &opts, st);
 }
 
@@ -300,13 +322,36 @@ static double chunk_weight(const ce_chunk_stats *s, double m)
  * exceed 1e-6 of it. */
 #define CE_EXACT_SUM_BELOW 1.125
 
+/* The same when a chunk holding the row maximum m was measured from a
+ * lower reference: its exp(m - shift) is then rounded too, and with the
+ * additions next to it the sum may be off by 2.5e-7, which stays below
+ * 3e-7 of sum * log(sum) from 2 up. */
+#define CE_EXACT_SUM_BELOW_REF 2.0
+
+/* The chunk holds the row maximum m, and m is a number or +inf (a row of
+ * -inf only has nothing to re-add). */
+static int holds_max(const ce_chunk_stats *s, double m)
+{
+    return s->max == m && m != -INFINITY;
+}
+
+/* Below which sum the row's sum of exponentials is taken again exactly. */
+static double exact_sum_below(const ce_plan *pl, const ce_chunk_stats *st, double m)
+{
+    for (int64_t c = 0; c < pl->n_chunks; ++c)
+        if (holds_max(&st[c], m) && st[c].shift != m) return CE_EXACT_SUM_BELOW_REF;
+    return CE_EXACT_SUM_BELOW;
+}
+
 /* The row's sum of exponentials relative to the row maximum m, merged in
  * chunk order. With exact, the chunks that hold m are re-added without
  * rounding in the compute type: sweep 1 adds a few exponentials per lane in
  * float before widening, and next to the maximum's exp(0) = 1 each such
  * addition loses up to 6e-8, which is most of log(sum) when the sum is
  * barely above 1 (a confident row, whose loss is small). Other chunks'
- * rounding is relative to their own, smaller, share. */
+ * rounding is relative to their own, smaller, share. Stored exponentials
+ * are re-added as they are (their shift is the chunk maximum); otherwise
+ * they are recomputed from the logits measured from m itself. */
 static double row_sumexp(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m,
                          int exact)
 {
@@ -315,10 +360,12 @@ static double row_sumexp(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
                                      : row_of(p->x, r, p->x_stride, pl->esize);
     double sum = 0.0;
     for (int64_t c = 0; c < pl->n_chunks; ++c) {
-        if (exact && st[c].max == m) {
+        if (exact && holds_max(&st[c], m)) {
             const ce_chunk_opts opts = chunk_opts(pl, r, c);
+            const double shift = pl->store_exp ? st[c].shift : m;
             sum += pl->leaf->exact_sumexp(base + (size_t)(c * CE_CHUNK) * pl->esize,
-                                          chunk_len(pl, c), pl->store_exp, st[c].shift, &opts);
+                                          chunk_len(pl, c), pl->store_exp, shift, &opts) *
+                   exp(shift - m);
         } else {
             sum += st[c].sumexp * chunk_weight(&st[c], m);
         }
@@ -345,7 +392,7 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
     }
     double sum = row_sumexp(pl, r, st, m, 0);
-    row->reread = sum < CE_EXACT_SUM_BELOW;
+    row->reread = sum < exact_sum_below(pl, st, m);
     if (row->reread) sum = row_sumexp(pl, r, st, m, 1);
     const double log_sum = log(sum);
     row->ignored = 0;
@@ -454,7 +501,8 @@ static void run_row(const ce_plan *pl, int64_t r, ce_chunk_stats *st)
     }
     double target_logit = 0.0;
     ce_row row;
-    for (int64_t c = 0; c < pl->n_chunks; ++c) sweep1_chunk(pl, r, c, &st[c], &target_logit);
+    const double ref = row_reference(pl, r);
+    for (int64_t c = 0; c < pl->n_chunks; ++c) sweep1_chunk(pl, r, c, ref, &st[c], &target_logit);
     summarize_row(pl, r, st, target_logit, &row, p->row_out ? &p->row_out[r] : NULL);
     if (pl->second_sweep)
         for (int64_t c = 0; c < pl->n_chunks; ++c) sweep2_chunk(pl, r, c, st, &row);
@@ -498,8 +546,9 @@ static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads)
                 }
                 continue;
             }
+            const double ref = row_reference(pl, r);
             #pragma omp for schedule(static)
-            for (int64_t c = 0; c < nc; ++c) sweep1_chunk(pl, r, c, &st[c], &target_logit);
+            for (int64_t c = 0; c < nc; ++c) sweep1_chunk(pl, r, c, ref, &st[c], &target_logit);
             ce_row row;
             summarize_row(pl, r, st, target_logit, &row,
                           master && p->row_out ? &p->row_out[r] : NULL);

@@ -70,6 +70,19 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(logits)(const CE_T *p, int64_t count, C
 
 /* ---- chunk maximum ----------------------------------------------------- */
 
+/* The largest lane of four running maxima. */
+CE_TARGET CE_ALWAYS_INLINE double CE_NAME(max_of)(CE_VT m0, CE_VT m1, CE_VT m2, CE_VT m3)
+{
+    m0 = CE_VMAX(m1, m0);
+    m2 = CE_VMAX(m3, m2);
+    m0 = CE_VMAX(m2, m0);
+    CE_CT lanes[CE_W];
+    memcpy(lanes, &m0, sizeof lanes);
+    CE_CT best = lanes[0];
+    for (int l = 1; l < CE_W; ++l) best = lanes[l] > best ? lanes[l] : best;
+    return (double)best;
+}
+
 /* Largest element of x[0:n] (soft-capped if asked); NaN is passed over
  * here and surfaces in the sum of exponentials instead. */
 CE_TARGET CE_ALWAYS_INLINE double CE_NAME(chunk_max_body)(const CE_T *x, int64_t n, double cap,
@@ -94,14 +107,14 @@ CE_TARGET CE_ALWAYS_INLINE double CE_NAME(chunk_max_body)(const CE_T *x, int64_t
         CE_VT v = CE_NAME(logits)(x + i, count, neg_inf, cap, has_cap);
         m0 = CE_VMAX(v, m0);
     }
-    m0 = CE_VMAX(m1, m0);
-    m2 = CE_VMAX(m3, m2);
-    m0 = CE_VMAX(m2, m0);
-    CE_CT lanes[CE_W];
-    memcpy(lanes, &m0, sizeof lanes);
-    CE_CT best = lanes[0];
-    for (int l = 1; l < CE_W; ++l) best = lanes[l] > best ? lanes[l] : best;
-    return (double)best;
+    return CE_NAME(max_of)(m0, m1, m2, m3);
+}
+
+CE_TARGET static double CE_NAME(max)(const void *xv, int64_t n, double softcap)
+{
+    const CE_T *x = (const CE_T *)xv;
+    return softcap > 0.0 ? CE_NAME(chunk_max_body)(x, n, softcap, 1)
+                         : CE_NAME(chunk_max_body)(x, n, softcap, 0);
 }
 
 /* ---- the linear term's coefficients ------------------------------------ */
@@ -131,13 +144,15 @@ typedef struct {
                        const int has_cap, const int use_ent
 #define CE_FLAG_ARGS store, use_lin, has_w, has_y, has_cap, use_ent
 
-/* One vector's worth of the first sweep: returns exp(x - shift) and adds
- * the linear and entropy sums. */
+/* One vector's worth of the first sweep: returns exp(x - shift), adds the
+ * linear and entropy sums and, with track_max, folds x into *mx. */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
     const CE_T *x, int64_t j, int64_t count, CE_T *e, CE_VT shift,
-    const ce_chunk_opts *opts, CE_NAME(sums) *s, CE_FLAG_PARAMS)
+    const ce_chunk_opts *opts, CE_NAME(sums) *s, CE_VT *mx, const int track_max,
+    CE_FLAG_PARAMS)
 {
     CE_VT v = CE_NAME(logits)(x + j, count, -(CE_CT)__builtin_inf(), opts->softcap, has_cap);
+    if (track_max) *mx = CE_VMAX(v, *mx);
     CE_VT ex = CE_VEXP(v - shift);
     if (use_lin) {
         CE_VT a = CE_NAME(coef)(opts, j, count, has_w, has_y);
@@ -152,33 +167,59 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
     return ex;
 }
 
-CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
-    const CE_T *x, int64_t n, CE_T *e, const ce_chunk_opts *opts, ce_chunk_stats *st,
-    CE_FLAG_PARAMS)
+/* The sums of the first sweep measured from shift, into s; with
+ * track_max, also the largest element of x[0:n] (else -inf). */
+CE_TARGET CE_ALWAYS_INLINE double CE_NAME(exp_pass)(
+    const CE_T *x, int64_t n, CE_T *e, const ce_chunk_opts *opts, double shift,
+    CE_NAME(sums) *s, const int track_max, CE_FLAG_PARAMS)
 {
-    const double m = CE_NAME(chunk_max_body)(x, n, opts->softcap, has_cap);
-    /* A chunk of -inf only: subtract 0 so that exp(-inf) = 0, not NaN. */
-    const double shift = (m == -__builtin_inf()) ? 0.0 : m;
     const CE_VT vs = CE_NAME(splat)((CE_CT)shift);
-    CE_NAME(sums) s;
-    memset(&s, 0, sizeof s);
+    CE_VT m0 = CE_NAME(splat)(-(CE_CT)__builtin_inf()), m1 = m0, m2 = m0, m3 = m0;
+    memset(s, 0, sizeof *s);
     int64_t i = 0;
     for (; i + 4 * CE_W <= n; i += 4 * CE_W) {
         /* While this chunk is computed from L1, bring in the next one, a
          * 64-byte line at a time, so memory and arithmetic overlap. */
         for (size_t b = 0; b < 4 * CE_W * sizeof(CE_T); b += 64)
             __builtin_prefetch((const char *)(x + i + CE_PREFETCH_AHEAD) + b, 0, 3);
-        CE_VT e0 = CE_NAME(stats_step)(x, i, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
-        CE_VT e1 = CE_NAME(stats_step)(x, i + CE_W, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
-        CE_VT e2 = CE_NAME(stats_step)(x, i + 2 * CE_W, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
-        CE_VT e3 = CE_NAME(stats_step)(x, i + 3 * CE_W, CE_W, e, vs, opts, &s, CE_FLAG_ARGS);
-        /* Four exponentials (each <= 1) are added in the compute type, two
-         * roundings at the level of exp's own error, then widened once. */
-        CE_ACC_ADD(&s.sum, (e0 + e1) + (e2 + e3));
+        CE_VT e0 = CE_NAME(stats_step)(x, i, CE_W, e, vs, opts, s, &m0, track_max,
+                                       CE_FLAG_ARGS);
+        CE_VT e1 = CE_NAME(stats_step)(x, i + CE_W, CE_W, e, vs, opts, s, &m1, track_max,
+                                       CE_FLAG_ARGS);
+        CE_VT e2 = CE_NAME(stats_step)(x, i + 2 * CE_W, CE_W, e, vs, opts, s, &m2, track_max,
+                                       CE_FLAG_ARGS);
+        CE_VT e3 = CE_NAME(stats_step)(x, i + 3 * CE_W, CE_W, e, vs, opts, s, &m3, track_max,
+                                       CE_FLAG_ARGS);
+        /* Four exponentials are added in the compute type, two roundings at
+         * the level of exp's own error, then widened once. */
+        CE_ACC_ADD(&s->sum, (e0 + e1) + (e2 + e3));
     }
     for (; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        CE_ACC_ADD(&s.sum, CE_NAME(stats_step)(x, i, count, e, vs, opts, &s, CE_FLAG_ARGS));
+        CE_ACC_ADD(&s->sum, CE_NAME(stats_step)(x, i, count, e, vs, opts, s, &m0, track_max,
+                                                CE_FLAG_ARGS));
+    }
+    return track_max ? CE_NAME(max_of)(m0, m1, m2, m3) : -__builtin_inf();
+}
+
+CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
+    const CE_T *x, int64_t n, CE_T *e, const ce_chunk_opts *opts, ce_chunk_stats *st,
+    CE_FLAG_PARAMS)
+{
+    CE_NAME(sums) s;
+    double m, shift = opts->ref;
+    /* One pass, measured from the offered reference (ce_chunk_opts.ref).
+     * The row driver offers one only when nothing is stored and no linear
+     * or entropy sums are asked, so the other variants leave it out. */
+    const int one_pass = !store && !use_lin && !use_ent && shift > -__builtin_inf() &&
+                         shift < __builtin_inf();
+    if (one_pass) m = CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 1, CE_FLAG_ARGS);
+    else m = CE_NAME(chunk_max_body)(x, n, opts->softcap, has_cap);
+    if (!one_pass || !(m <= shift + CE_REF_HEADROOM)) {
+        /* From the chunk's own maximum; a chunk of -inf only subtracts 0 so
+         * that exp(-inf) = 0, not NaN. */
+        shift = (m == -__builtin_inf()) ? 0.0 : m;
+        CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 0, CE_FLAG_ARGS);
     }
     st->max = m;
     st->shift = shift;
@@ -362,6 +403,6 @@ CE_TARGET static void CE_NAME(exp_array)(const void *xv, void *yv, int64_t n)
 }
 
 const ce_leaf CE_NAME(leaf) = {
-    CE_NAME(stats), CE_NAME(rescale), CE_NAME(rescale_from_x), CE_NAME(exact_sumexp),
+    CE_NAME(max), CE_NAME(stats), CE_NAME(rescale), CE_NAME(rescale_from_x), CE_NAME(exact_sumexp),
     CE_NAME(shift), CE_NAME(exp_array)
 };

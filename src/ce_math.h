@@ -14,12 +14,14 @@
  * rounding constant, so no float-to-integer conversion is needed (AVX2 has
  * none for 64-bit lanes).
  *
- * Domain: the kernels evaluate exp(x - max), x - max <= 0 (or NaN), and
- * these functions are exact-range only for that use: results below the
- * smallest normal number are flushed to exactly 0 (for float their true
- * size is below 1.2e-38); -inf gives 0; NaN gives NaN. Inputs above
- * 88.37 (float) / 709.43 (double) are outside the domain. The maximum
- * error over [-87.33, 0] is measured by the test suite over every float.
+ * Domain: the kernels evaluate exp(x - shift), where the shift is the
+ * chunk's maximum or, in one-pass sums, a reference at most
+ * CE_REF_HEADROOM (32) below it, so inputs lie in (-inf, 32] (or NaN).
+ * Results below the smallest normal number are flushed to exactly 0 (for
+ * float their true size is below 1.2e-38); -inf gives 0; NaN gives NaN.
+ * Inputs above 88.37 (float) / 709.43 (double) are outside the domain. The
+ * maximum error over [-87.33, 32] is measured by the test suite over every
+ * float.
  */
 #ifndef CE_MATH_H
 #define CE_MATH_H

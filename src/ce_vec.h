@@ -87,7 +87,7 @@ CE_ALWAYS_INLINE CE_V(vf) CE_V(exp_f_reduced)(CE_V(vf) x, CE_V(vf) kf)
     return p * r + 1.0f;
 }
 
-/* exp of floats x <= 88.37 (the kernels pass x - max <= 0). */
+/* exp of floats x <= 88.37 (the kernels pass x <= 32). */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(exp_f)(CE_V(vf) x)
 {
     const float lo = -87.33654475f;        /* ln(FLT_MIN): below it the result is 0 */
@@ -105,7 +105,7 @@ CE_ALWAYS_INLINE CE_V(vf) CE_V(exp_f)(CE_V(vf) x)
     return (CE_V(vf))((CE_V(vi32))y & ~under);
 }
 
-/* exp of doubles x <= 709.43 (the kernels pass x - max <= 0). */
+/* exp of doubles x <= 709.43 (the kernels pass x <= 32). */
 CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_d)(CE_V(vd) x)
 {
     const double lo = -708.3964185322641;  /* ln(DBL_MIN) */
