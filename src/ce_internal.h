@@ -25,11 +25,12 @@
 #define CE_PREFETCH_AHEAD CE_CHUNK
 
 /* How far above the offered reference (ce_chunk_opts.ref) a chunk's
- * maximum may lie and its one-pass sums still stand: exponentials up to
- * e^32 (7.9e13) add safely in float, exp's inputs stay within the range
- * whose error the tests measure, and the factor e^(ref - max) >= e^-32
- * that later rescales them stays a normal float. */
-#define CE_REF_HEADROOM 32.0
+ * elements may lie and still be measured from it. x - ref is rounded to
+ * the compute type before exp: within 2 of ref that costs at most 6e-8 of
+ * an exponential near the maximum, the level of exp's own error (beyond, a
+ * chunk is measured from its own maximum, where the large exponentials
+ * have small arguments). exp's inputs stay in (-inf, 2]. */
+#define CE_REF_HEADROOM 2.0
 
 /* Below this many elements in total a call stays on one thread: waking a
  * second thread costs more than the work. */
@@ -47,13 +48,15 @@
  * entropy asks for sum_j e[j] * (shift - x[j]) with e = exp(x - shift).
  *
  * ref, when finite, is no larger than the row's maximum (the row driver
- * passes the maximum of the row's first chunk). When nothing is stored and
- * no linear or entropy sums are asked, the chunk is then read once: its
- * exponentials are measured from ref (shift = ref) while its maximum is
- * found, instead of a pass for the maximum first; if the maximum lies more
- * than CE_REF_HEADROOM above ref, the chunk is summed again from its own
- * maximum. Measuring from at most the row maximum keeps every exponential
- * that matters a normal float. -inf: no reference. */
+ * passes the maximum of the row's first chunk). When no linear or entropy
+ * sums are asked, the chunk is then read once: its exponentials are
+ * measured from ref (shift = ref) while its maximum is found, instead of a
+ * pass for the maximum first. From the first block of elements more than
+ * CE_REF_HEADROOM above ref, the rest is measured from the chunk's own
+ * maximum, and what is done (sums, and stored exponentials) is rescaled to
+ * it; no block is stored before it is checked, so in place the logits it
+ * needs are still there. Measuring from at most the row maximum keeps
+ * every exponential that matters a normal float. -inf: no reference. */
 typedef struct {
     int active;          /* compute the linear sums                    */
     const void *w;       /* weights of this chunk's classes, or NULL   */
@@ -70,6 +73,10 @@ typedef struct {
     double max;      /* largest element (-inf if every element is -inf/NaN) */
     double shift;    /* max (0 when max is -inf), or the reference ref     */
     double sumexp;   /* sum_j exp(x[j] - shift)                            */
+    double scale;    /* 1, or exp(max - shift) over the largest exponential
+                      * as computed, when shift is a reference below max:
+                      * with it, that exponential counts as exactly
+                      * exp(max - shift)                                   */
     double lin;      /* sum_j a[j] * (shift - x[j]), a[j] == 0 terms skipped */
     double asum;     /* sum_j a[j]                                         */
     double ent;      /* sum_j e[j] * (shift - x[j]), e[j] == 0 terms skipped */

@@ -6,7 +6,7 @@
  * Each row is two sweeps over its chunks:
  *   1. per chunk: max, sum of exp(x - shift) (stored to the output when a
  *      gradient or softmax is wanted) and the sums of ce_chunk_opts, where
- *      shift is the chunk's maximum or, when the chunk can be read only
+ *      shift is the chunk's maximum or, so that the chunk is read only
  *      once, the maximum of the row's first chunk;
  *   2. per chunk: the stored exponentials rescaled by one factor per chunk
  *      into the gradient or softmax (or x - logsumexp for log-softmax).
@@ -218,11 +218,9 @@ static void plan_init(ce_plan *pl, const ce_problem *p)
         }
     }
     /* A chunk is read once, its exponentials measured from the row's
-     * reference, only when they are just summed: stored exponentials stay
-     * measured from their chunk's maximum (row_sumexp re-adds them as they
-     * are), and the linear and entropy sums, measured from it, have no
-     * terms that cancel. */
-    pl->one_pass = !pl->store_exp && !pl->opts.active && !pl->opts.entropy;
+     * reference, unless linear or entropy sums are asked: measured from the
+     * chunk's maximum, those have no terms that cancel. */
+    pl->one_pass = !pl->opts.active && !pl->opts.entropy;
 }
 
 /* Chunk options for chunk c of row r. */
@@ -310,23 +308,18 @@ static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
     return 0;
 }
 
-/* exp(shift - m): what a chunk's exponentials are worth against the row
- * maximum m; 0 for a chunk of -inf only (whose sums are 0, or NaN). */
+/* exp(shift - m) * scale: what a chunk's exponentials are worth against
+ * the row maximum m; 0 for a chunk of -inf only (whose sums are 0, or
+ * NaN). */
 static double chunk_weight(const ce_chunk_stats *s, double m)
 {
-    return s->max == -INFINITY ? 0.0 : exp(s->shift - m);
+    return s->max == -INFINITY ? 0.0 : exp(s->shift - m) * s->scale;
 }
 
 /* Below this, a row's sum of exponentials is taken again exactly (see
  * row_sumexp): log(sum) < 0.118, where an absolute error of 1e-7 would
  * exceed 1e-6 of it. */
 #define CE_EXACT_SUM_BELOW 1.125
-
-/* The same when a chunk holding the row maximum m was measured from a
- * lower reference: its exp(m - shift) is then rounded too, and with the
- * additions next to it the sum may be off by 2.5e-7, which stays below
- * 3e-7 of sum * log(sum) from 2 up. */
-#define CE_EXACT_SUM_BELOW_REF 2.0
 
 /* The chunk holds the row maximum m, and m is a number or +inf (a row of
  * -inf only has nothing to re-add). */
@@ -335,23 +328,16 @@ static int holds_max(const ce_chunk_stats *s, double m)
     return s->max == m && m != -INFINITY;
 }
 
-/* Below which sum the row's sum of exponentials is taken again exactly. */
-static double exact_sum_below(const ce_plan *pl, const ce_chunk_stats *st, double m)
-{
-    for (int64_t c = 0; c < pl->n_chunks; ++c)
-        if (holds_max(&st[c], m) && st[c].shift != m) return CE_EXACT_SUM_BELOW_REF;
-    return CE_EXACT_SUM_BELOW;
-}
-
 /* The row's sum of exponentials relative to the row maximum m, merged in
  * chunk order. With exact, the chunks that hold m are re-added without
  * rounding in the compute type: sweep 1 adds a few exponentials per lane in
  * float before widening, and next to the maximum's exp(0) = 1 each such
  * addition loses up to 6e-8, which is most of log(sum) when the sum is
  * barely above 1 (a confident row, whose loss is small). Other chunks'
- * rounding is relative to their own, smaller, share. Stored exponentials
- * are re-added as they are (their shift is the chunk maximum); otherwise
- * they are recomputed from the logits measured from m itself. */
+ * rounding is relative to their own, smaller, share. The exponentials
+ * re-added are the ones sweep 1 computed: stored, or recomputed from the
+ * logits with the same shift, so a loss does not depend on whether a
+ * gradient was asked. */
 static double row_sumexp(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m,
                          int exact)
 {
@@ -362,10 +348,9 @@ static double row_sumexp(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
     for (int64_t c = 0; c < pl->n_chunks; ++c) {
         if (exact && holds_max(&st[c], m)) {
             const ce_chunk_opts opts = chunk_opts(pl, r, c);
-            const double shift = pl->store_exp ? st[c].shift : m;
             sum += pl->leaf->exact_sumexp(base + (size_t)(c * CE_CHUNK) * pl->esize,
-                                          chunk_len(pl, c), pl->store_exp, shift, &opts) *
-                   exp(shift - m);
+                                          chunk_len(pl, c), pl->store_exp, st[c].shift, &opts) *
+                   chunk_weight(&st[c], m);
         } else {
             sum += st[c].sumexp * chunk_weight(&st[c], m);
         }
@@ -392,7 +377,7 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
     }
     double sum = row_sumexp(pl, r, st, m, 0);
-    row->reread = sum < exact_sum_below(pl, st, m);
+    row->reread = sum < CE_EXACT_SUM_BELOW;
     if (row->reread) sum = row_sumexp(pl, r, st, m, 1);
     const double log_sum = log(sum);
     row->ignored = 0;
@@ -473,7 +458,8 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
         return;
     }
     /* not g * weight: g is inf or NaN for a row of -inf only */
-    const double f = st[c].max == -INFINITY ? 0.0 : row->g * exp(st[c].shift - row->max);
+    const double f = st[c].max == -INFINITY ? 0.0
+                                            : row->g * exp(st[c].shift - row->max) * st[c].scale;
     const ce_chunk_opts opts = chunk_opts(pl, r, c);
     /* the target's own term, added in the kernel before the output rounds */
     const int64_t t_local = p->target && row->target_delta != 0.0 ? p->target[r] - j0 : -1;
@@ -547,6 +533,11 @@ static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads)
                 continue;
             }
             const double ref = row_reference(pl, r);
+            /* every thread has read the first chunk before any stores over
+             * it (in place) */
+            if (pl->one_pass && pl->store_exp) {
+                #pragma omp barrier
+            }
             #pragma omp for schedule(static)
             for (int64_t c = 0; c < nc; ++c) sweep1_chunk(pl, r, c, ref, &st[c], &target_logit);
             ce_row row;

@@ -13,6 +13,7 @@
  *   CE_SOFTCAP    vector soft-capping cap * tanh(x / cap)
  *   CE_SELECT     bitwise select for CE_VT
  *   CE_VMAX(a, b) a > b ? a : b per lane (ce_max_f, ce_max_d or faster)
+ *   CE_VANY_ABOVE(a, b) whether a > b in any lane
  *   CE_VFMS(a, b, c) a * b - c, rounded once where the ISA has FMA
  *   CE_ACC        double accumulator type, with CE_ACC_ADD and CE_ACC_SUM
  *   CE_NAME(x)    unique name for x (type and instruction-set suffix)
@@ -144,15 +145,12 @@ typedef struct {
                        const int has_cap, const int use_ent
 #define CE_FLAG_ARGS store, use_lin, has_w, has_y, has_cap, use_ent
 
-/* One vector's worth of the first sweep: returns exp(x - shift), adds the
- * linear and entropy sums and, with track_max, folds x into *mx. */
+/* One vector's worth of the first sweep, given its logits v: returns
+ * exp(v - shift) and adds the linear and entropy sums. */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
-    const CE_T *x, int64_t j, int64_t count, CE_T *e, CE_VT shift,
-    const ce_chunk_opts *opts, CE_NAME(sums) *s, CE_VT *mx, const int track_max,
-    CE_FLAG_PARAMS)
+    CE_VT v, int64_t j, int64_t count, CE_T *e, CE_VT shift, const ce_chunk_opts *opts,
+    CE_NAME(sums) *s, CE_FLAG_PARAMS)
 {
-    CE_VT v = CE_NAME(logits)(x + j, count, -(CE_CT)__builtin_inf(), opts->softcap, has_cap);
-    if (track_max) *mx = CE_VMAX(v, *mx);
     CE_VT ex = CE_VEXP(v - shift);
     if (use_lin) {
         CE_VT a = CE_NAME(coef)(opts, j, count, has_w, has_y);
@@ -167,39 +165,78 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
     return ex;
 }
 
-/* The sums of the first sweep measured from shift, into s; with
- * track_max, also the largest element of x[0:n] (else -inf). */
-CE_TARGET CE_ALWAYS_INLINE double CE_NAME(exp_pass)(
+/* The first sweep over x[0:n] measured from shift, added to s. With
+ * guarded, it also tracks the largest element into *max_seen and stops
+ * before the first block holding an element above limit, returning where
+ * that block starts (else n): nothing of the block has been computed or
+ * stored, so in place its logits are still there. */
+CE_TARGET CE_ALWAYS_INLINE int64_t CE_NAME(exp_pass)(
     const CE_T *x, int64_t n, CE_T *e, const ce_chunk_opts *opts, double shift,
-    CE_NAME(sums) *s, const int track_max, CE_FLAG_PARAMS)
+    CE_NAME(sums) *s, const int guarded, double limit, double *max_seen, CE_FLAG_PARAMS)
 {
-    const CE_VT vs = CE_NAME(splat)((CE_CT)shift);
-    CE_VT m0 = CE_NAME(splat)(-(CE_CT)__builtin_inf()), m1 = m0, m2 = m0, m3 = m0;
-    memset(s, 0, sizeof *s);
-    int64_t i = 0;
+    const CE_CT neg_inf = -(CE_CT)__builtin_inf();
+    const CE_VT vs = CE_NAME(splat)((CE_CT)shift), vlimit = CE_NAME(splat)((CE_CT)limit);
+    CE_VT mx = CE_NAME(splat)(neg_inf);
+    int64_t i = 0, stop = n;
     for (; i + 4 * CE_W <= n; i += 4 * CE_W) {
         /* While this chunk is computed from L1, bring in the next one, a
          * 64-byte line at a time, so memory and arithmetic overlap. */
         for (size_t b = 0; b < 4 * CE_W * sizeof(CE_T); b += 64)
             __builtin_prefetch((const char *)(x + i + CE_PREFETCH_AHEAD) + b, 0, 3);
-        CE_VT e0 = CE_NAME(stats_step)(x, i, CE_W, e, vs, opts, s, &m0, track_max,
-                                       CE_FLAG_ARGS);
-        CE_VT e1 = CE_NAME(stats_step)(x, i + CE_W, CE_W, e, vs, opts, s, &m1, track_max,
-                                       CE_FLAG_ARGS);
-        CE_VT e2 = CE_NAME(stats_step)(x, i + 2 * CE_W, CE_W, e, vs, opts, s, &m2, track_max,
-                                       CE_FLAG_ARGS);
-        CE_VT e3 = CE_NAME(stats_step)(x, i + 3 * CE_W, CE_W, e, vs, opts, s, &m3, track_max,
-                                       CE_FLAG_ARGS);
+        const CE_VT v0 = CE_NAME(logits)(x + i, CE_W, neg_inf, opts->softcap, has_cap);
+        const CE_VT v1 = CE_NAME(logits)(x + i + CE_W, CE_W, neg_inf, opts->softcap, has_cap);
+        const CE_VT v2 = CE_NAME(logits)(x + i + 2 * CE_W, CE_W, neg_inf, opts->softcap, has_cap);
+        const CE_VT v3 = CE_NAME(logits)(x + i + 3 * CE_W, CE_W, neg_inf, opts->softcap, has_cap);
+        if (guarded) {
+            const CE_VT block_max = CE_VMAX(CE_VMAX(v0, v1), CE_VMAX(v2, v3));
+            if (CE_VANY_ABOVE(block_max, vlimit)) {
+                stop = i;
+                break;
+            }
+            mx = CE_VMAX(block_max, mx);
+        }
+        const CE_VT e0 = CE_NAME(stats_step)(v0, i, CE_W, e, vs, opts, s, CE_FLAG_ARGS);
+        const CE_VT e1 = CE_NAME(stats_step)(v1, i + CE_W, CE_W, e, vs, opts, s, CE_FLAG_ARGS);
+        const CE_VT e2 = CE_NAME(stats_step)(v2, i + 2 * CE_W, CE_W, e, vs, opts, s, CE_FLAG_ARGS);
+        const CE_VT e3 = CE_NAME(stats_step)(v3, i + 3 * CE_W, CE_W, e, vs, opts, s, CE_FLAG_ARGS);
         /* Four exponentials are added in the compute type, two roundings at
          * the level of exp's own error, then widened once. */
         CE_ACC_ADD(&s->sum, (e0 + e1) + (e2 + e3));
     }
-    for (; i < n; i += CE_W) {
+    for (; stop == n && i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        CE_ACC_ADD(&s->sum, CE_NAME(stats_step)(x, i, count, e, vs, opts, s, &m0, track_max,
-                                                CE_FLAG_ARGS));
+        const CE_VT v = CE_NAME(logits)(x + i, count, neg_inf, opts->softcap, has_cap);
+        if (guarded) {
+            if (CE_VANY_ABOVE(v, vlimit)) {
+                stop = i;
+                break;
+            }
+            mx = CE_VMAX(v, mx);
+        }
+        CE_ACC_ADD(&s->sum, CE_NAME(stats_step)(v, i, count, e, vs, opts, s, CE_FLAG_ARGS));
     }
-    return track_max ? CE_NAME(max_of)(m0, m1, m2, m3) : -__builtin_inf();
+    if (guarded) *max_seen = CE_NAME(max_of)(mx, mx, mx, mx);
+    return stop;
+}
+
+/* e[0:n] *= f, rounded once in the compute type. */
+CE_TARGET CE_ALWAYS_INLINE void CE_NAME(scale_stored)(CE_T *e, int64_t n, CE_CT f)
+{
+    const CE_VT vf = CE_NAME(splat)(f);
+    for (int64_t i = 0; i < n; i += CE_W) {
+        const int64_t count = n - i < CE_W ? n - i : CE_W;
+        CE_NAME(store)(e + i, count, CE_NAME(load)(e + i, count, (CE_CT)0) * vf);
+    }
+}
+
+/* The exact exp(m - shift) over the value the chunk's largest exponential
+ * got (ce_chunk_stats.scale). Measured from a reference below m, that
+ * value carries the rounding of m - shift and of exp (about 1e-7), which
+ * would be most of log(sum) in a confident row whose maximum it is. */
+CE_TARGET CE_ALWAYS_INLINE double CE_NAME(scale_of_largest)(double m, double shift)
+{
+    const CE_VT largest = CE_VEXP(CE_NAME(splat)((CE_CT)m) - CE_NAME(splat)((CE_CT)shift));
+    return exp(m - shift) / (double)largest[0];
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
@@ -207,23 +244,44 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
     CE_FLAG_PARAMS)
 {
     CE_NAME(sums) s;
-    double m, shift = opts->ref;
+    memset(&s, 0, sizeof s);
+    double m, shift = opts->ref, done_sum = 0.0, scale = 1.0;
     /* One pass, measured from the offered reference (ce_chunk_opts.ref).
-     * The row driver offers one only when nothing is stored and no linear
-     * or entropy sums are asked, so the other variants leave it out. */
-    const int one_pass = !store && !use_lin && !use_ent && shift > -__builtin_inf() &&
+     * The row driver offers one only when no linear or entropy sums are
+     * asked, so those variants leave it out. */
+    const int one_pass = !use_lin && !use_ent && shift > -__builtin_inf() &&
                          shift < __builtin_inf();
-    if (one_pass) m = CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 1, CE_FLAG_ARGS);
-    else m = CE_NAME(chunk_max_body)(x, n, opts->softcap, has_cap);
-    if (!one_pass || !(m <= shift + CE_REF_HEADROOM)) {
+    if (one_pass) {
+        const int64_t done = CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 1,
+                                               shift + CE_REF_HEADROOM, &m, CE_FLAG_ARGS);
+        if (done < n) {
+            /* A block above the headroom: the rest is measured from the
+             * chunk's maximum (above the reference, so not -inf), and what
+             * is done is brought to it. */
+            const double rest_max = CE_NAME(chunk_max_body)(x + done, n - done,
+                                                            opts->softcap, has_cap);
+            m = rest_max > m ? rest_max : m;
+            const double f = exp(shift - m);
+            done_sum = CE_ACC_SUM(s.sum) * f;
+            if (store) CE_NAME(scale_stored)(e, done, (CE_CT)f);
+            memset(&s, 0, sizeof s);
+            shift = m;
+            CE_NAME(exp_pass)(x + done, n - done, store ? e + done : e, opts, shift, &s, 0,
+                              0.0, NULL, CE_FLAG_ARGS);
+        } else if (m > shift) {
+            scale = CE_NAME(scale_of_largest)(m, shift);
+        }
+    } else {
+        m = CE_NAME(chunk_max_body)(x, n, opts->softcap, has_cap);
         /* From the chunk's own maximum; a chunk of -inf only subtracts 0 so
          * that exp(-inf) = 0, not NaN. */
         shift = (m == -__builtin_inf()) ? 0.0 : m;
-        CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 0, CE_FLAG_ARGS);
+        CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 0, 0.0, NULL, CE_FLAG_ARGS);
     }
     st->max = m;
     st->shift = shift;
-    st->sumexp = CE_ACC_SUM(s.sum);
+    st->sumexp = done_sum + CE_ACC_SUM(s.sum);
+    st->scale = scale;
     st->lin = use_lin ? CE_ACC_SUM(s.lin) : 0.0;
     st->asum = use_lin ? CE_ACC_SUM(s.asum) : 0.0;
     st->ent = use_ent ? CE_ACC_SUM(s.ent) : 0.0;

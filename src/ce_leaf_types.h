@@ -4,7 +4,8 @@
  * attribute that selects it, CE_VW (_w4, _w8, _w16) naming the vector width
  * of its registers (ce_vec.h) and CE_LANES its float lanes, CE_F16_LOAD /
  * CE_F16_STORE / CE_BF16_LOAD as the half-precision conversions, CE_EXP_F32
- * as the float exponential, CE_MAX_F32 / CE_MAX_F64 as the lane maxima and
+ * as the float exponential, CE_MAX_F32 / CE_MAX_F64 as the lane maxima,
+ * CE_ANY_ABOVE_F32 / CE_ANY_ABOVE_F64 as the lane tests and
  * CE_FMS_F32 / CE_FMS_F64 as the fused multiply-subtracts to use there.
  * Included once per instruction set.
  */
@@ -25,6 +26,7 @@
 #define CE_SOFTCAP CE_WIDE(softcap_f)
 #define CE_SELECT CE_WIDE(select_f)
 #define CE_VMAX CE_MAX_F32
+#define CE_VANY_ABOVE CE_ANY_ABOVE_F32
 #define CE_VFMS CE_FMS_F32
 #define CE_ACC CE_WIDE(acc_f)
 #define CE_ACC_ADD CE_WIDE(acc_add_f)
@@ -67,6 +69,7 @@
 #undef CE_SOFTCAP
 #undef CE_SELECT
 #undef CE_VMAX
+#undef CE_VANY_ABOVE
 #undef CE_VFMS
 #undef CE_ACC
 #undef CE_ACC_ADD
@@ -85,6 +88,7 @@
 #define CE_SOFTCAP CE_WIDE(softcap_d)
 #define CE_SELECT CE_WIDE(select_d)
 #define CE_VMAX CE_MAX_F64
+#define CE_VANY_ABOVE CE_ANY_ABOVE_F64
 #define CE_VFMS CE_FMS_F64
 #define CE_ACC CE_WIDE(acc_d)
 #define CE_ACC_ADD CE_WIDE(acc_add_d)
@@ -103,6 +107,7 @@
 #undef CE_SOFTCAP
 #undef CE_SELECT
 #undef CE_VMAX
+#undef CE_VANY_ABOVE
 #undef CE_VFMS
 #undef CE_ACC
 #undef CE_ACC_ADD

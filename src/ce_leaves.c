@@ -4,6 +4,8 @@
  * (ce_kernels.c), so one binary runs on any x86-64 and uses AVX-512 where
  * the CPU has it.
  */
+#include <math.h>
+
 #include "ce_internal.h"
 #include "ce_math.h"
 
@@ -17,6 +19,8 @@
 #define CE_EXP_F32 ce_exp_f_w4
 #define CE_MAX_F32 ce_max_f_w4
 #define CE_MAX_F64 ce_max_d_w4
+#define CE_ANY_ABOVE_F32 ce_any_above_f_w4
+#define CE_ANY_ABOVE_F64 ce_any_above_d_w4
 #define CE_FMS_F32 ce_fms_f_w4
 #define CE_FMS_F64 ce_fms_d_w4
 #include "ce_leaf_types.h"
@@ -24,6 +28,8 @@
 #undef CE_EXP_F32
 #undef CE_MAX_F32
 #undef CE_MAX_F64
+#undef CE_ANY_ABOVE_F32
+#undef CE_ANY_ABOVE_F64
 #undef CE_FMS_F32
 #undef CE_FMS_F64
 #undef CE_ISA
@@ -45,6 +51,8 @@
 #define CE_EXP_F32 ce_exp_f_w8
 #define CE_MAX_F32 ce_max_f_avx2
 #define CE_MAX_F64 ce_max_d_avx2
+#define CE_ANY_ABOVE_F32 ce_any_above_f_avx2
+#define CE_ANY_ABOVE_F64 ce_any_above_d_avx2
 #define CE_FMS_F32 ce_fms_f_avx2
 #define CE_FMS_F64 ce_fms_d_avx2
 #include "ce_leaf_types.h"
@@ -52,6 +60,8 @@
 #undef CE_EXP_F32
 #undef CE_MAX_F32
 #undef CE_MAX_F64
+#undef CE_ANY_ABOVE_F32
+#undef CE_ANY_ABOVE_F64
 #undef CE_FMS_F32
 #undef CE_FMS_F64
 #undef CE_ISA
@@ -72,6 +82,8 @@
 #define CE_EXP_F32 ce_exp_f_avx512
 #define CE_MAX_F32 ce_max_f_avx512
 #define CE_MAX_F64 ce_max_d_avx512
+#define CE_ANY_ABOVE_F32 ce_any_above_f_avx512
+#define CE_ANY_ABOVE_F64 ce_any_above_d_avx512
 #define CE_FMS_F32 ce_fms_f_avx512
 #define CE_FMS_F64 ce_fms_d_avx512
 #include "ce_leaf_types.h"
@@ -79,6 +91,8 @@
 #undef CE_EXP_F32
 #undef CE_MAX_F32
 #undef CE_MAX_F64
+#undef CE_ANY_ABOVE_F32
+#undef CE_ANY_ABOVE_F64
 #undef CE_FMS_F32
 #undef CE_FMS_F64
 #undef CE_ISA

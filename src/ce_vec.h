@@ -64,6 +64,23 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(max_d)(CE_V(vd) a, CE_V(vd) b)
     return CE_V(select_d)(a > b, a, b);
 }
 
+/* Whether a > b in any lane (so NaN lanes count as not above). */
+CE_ALWAYS_INLINE int CE_V(any_above_f)(CE_V(vf) a, CE_V(vf) b)
+{
+    const CE_V(vi32) above = a > b;
+    int32_t any = 0;
+    for (int l = 0; l < CE_VLANES; ++l) any |= above[l];
+    return any != 0;
+}
+
+CE_ALWAYS_INLINE int CE_V(any_above_d)(CE_V(vd) a, CE_V(vd) b)
+{
+    const CE_V(vi64) above = a > b;
+    int64_t any = 0;
+    for (int l = 0; l < CE_VLANES / 2; ++l) any |= above[l];
+    return any != 0;
+}
+
 /* a * b - c where the instruction set has no fused form: two roundings on
  * x86-64 (on other targets the compiler may fuse it). */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(fms_f)(CE_V(vf) a, CE_V(vf) b, CE_V(vf) c) { return a * b - c; }
@@ -87,7 +104,7 @@ CE_ALWAYS_INLINE CE_V(vf) CE_V(exp_f_reduced)(CE_V(vf) x, CE_V(vf) kf)
     return p * r + 1.0f;
 }
 
-/* exp of floats x <= 88.37 (the kernels pass x <= 32). */
+/* exp of floats x <= 88.37 (the kernels pass x <= 2). */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(exp_f)(CE_V(vf) x)
 {
     const float lo = -87.33654475f;        /* ln(FLT_MIN): below it the result is 0 */
@@ -105,7 +122,7 @@ CE_ALWAYS_INLINE CE_V(vf) CE_V(exp_f)(CE_V(vf) x)
     return (CE_V(vf))((CE_V(vi32))y & ~under);
 }
 
-/* exp of doubles x <= 709.43 (the kernels pass x <= 32). */
+/* exp of doubles x <= 709.43 (the kernels pass x <= 2). */
 CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_d)(CE_V(vd) x)
 {
     const double lo = -708.3964185322641;  /* ln(DBL_MIN) */
