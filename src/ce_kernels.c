@@ -116,7 +116,7 @@ typedef struct {
     const ce_leaf *leaf;
     size_t esize;            /* bytes per element                          */
     int64_t n_chunks;        /* chunks per row                             */
-    int store_exp;           /* sweep 1 stores exp(x - max) to the output  */
+    int store_exp;           /* sweep 1 stores exp(x - shift) to the output */
     int second_sweep;        /* the output is written                      */
     int one_pass;            /* chunks are offered a reference shift       */
     ce_chunk_opts opts;      /* chunk options (w, y set per chunk)         */
