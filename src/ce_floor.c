@@ -83,12 +83,14 @@ static void update_span(float *x, int64_t n, float factor)
     update_span_baseline(x, n, factor);
 }
 
+#ifdef _OPENMP
 /* [begin, end) of part k of n split into parts equal to within one. */
 static void split_range(int64_t n, int parts, int k, int64_t *begin, int64_t *end)
 {
     *begin = n * k / parts;
     *end = n * (k + 1) / parts;
 }
+#endif
 
 double ce_floor_read_f32(const float *x, int64_t n, int n_threads)
 {
