@@ -71,14 +71,11 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(logits)(const CE_T *p, int64_t count, C
 
 /* ---- chunk maximum ----------------------------------------------------- */
 
-/* The largest lane of four running maxima. */
-CE_TARGET CE_ALWAYS_INLINE double CE_NAME(max_of)(CE_VT m0, CE_VT m1, CE_VT m2, CE_VT m3)
+/* The largest lane of m. */
+CE_TARGET CE_ALWAYS_INLINE double CE_NAME(max_lane)(CE_VT m)
 {
-    m0 = CE_VMAX(m1, m0);
-    m2 = CE_VMAX(m3, m2);
-    m0 = CE_VMAX(m2, m0);
     CE_CT lanes[CE_W];
-    memcpy(lanes, &m0, sizeof lanes);
+    memcpy(lanes, &m, sizeof lanes);
     CE_CT best = lanes[0];
     for (int l = 1; l < CE_W; ++l) best = lanes[l] > best ? lanes[l] : best;
     return (double)best;
@@ -108,7 +105,7 @@ CE_TARGET CE_ALWAYS_INLINE double CE_NAME(chunk_max_body)(const CE_T *x, int64_t
         CE_VT v = CE_NAME(logits)(x + i, count, neg_inf, cap, has_cap);
         m0 = CE_VMAX(v, m0);
     }
-    return CE_NAME(max_of)(m0, m1, m2, m3);
+    return CE_NAME(max_lane)(CE_VMAX(CE_VMAX(m1, m0), CE_VMAX(m3, m2)));
 }
 
 CE_TARGET static double CE_NAME(max)(const void *xv, int64_t n, double softcap)
@@ -215,7 +212,7 @@ CE_TARGET CE_ALWAYS_INLINE int64_t CE_NAME(exp_pass)(
         }
         CE_ACC_ADD(&s->sum, CE_NAME(stats_step)(v, i, count, e, vs, opts, s, CE_FLAG_ARGS));
     }
-    if (guarded) *max_seen = CE_NAME(max_of)(mx, mx, mx, mx);
+    if (guarded) *max_seen = CE_NAME(max_lane)(mx);
     return stop;
 }
 
@@ -245,38 +242,37 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
 {
     CE_NAME(sums) s;
     memset(&s, 0, sizeof s);
-    double m, shift = opts->ref, done_sum = 0.0, scale = 1.0;
+    double m = -__builtin_inf(), shift = opts->ref, done_sum = 0.0, scale = 1.0;
     /* One pass, measured from the offered reference (ce_chunk_opts.ref).
      * The row driver offers one only when no linear or entropy sums are
-     * asked, so those variants leave it out. */
+     * asked, so those variants leave it out (and their coefficients are
+     * always indexed from the chunk's start). */
     const int one_pass = !use_lin && !use_ent && shift > -__builtin_inf() &&
                          shift < __builtin_inf();
-    if (one_pass) {
-        const int64_t done = CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 1,
-                                               shift + CE_REF_HEADROOM, &m, CE_FLAG_ARGS);
-        if (done < n) {
-            /* A block above the headroom: the rest is measured from the
-             * chunk's maximum (above the reference, so not -inf), and what
-             * is done is brought to it. */
-            const double rest_max = CE_NAME(chunk_max_body)(x + done, n - done,
-                                                            opts->softcap, has_cap);
-            m = rest_max > m ? rest_max : m;
-            const double f = exp(shift - m);
+    int64_t done = 0;
+    if (one_pass)
+        done = CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 1, shift + CE_REF_HEADROOM, &m,
+                                 CE_FLAG_ARGS);
+    if (done < n) {
+        /* From the chunk's own maximum: the whole chunk without a
+         * reference, or the rest from the first block above the headroom,
+         * what is done being brought to it. A chunk of -inf only subtracts
+         * 0 so that exp(-inf) = 0, not NaN. */
+        const double rest_max = CE_NAME(chunk_max_body)(x + done, n - done, opts->softcap,
+                                                        has_cap);
+        m = rest_max > m ? rest_max : m;
+        const double own = (m == -__builtin_inf()) ? 0.0 : m;
+        if (done > 0) {
+            const double f = exp(shift - own);
             done_sum = CE_ACC_SUM(s.sum) * f;
             if (store) CE_NAME(scale_stored)(e, done, (CE_CT)f);
             memset(&s, 0, sizeof s);
-            shift = m;
-            CE_NAME(exp_pass)(x + done, n - done, store ? e + done : e, opts, shift, &s, 0,
-                              0.0, NULL, CE_FLAG_ARGS);
-        } else if (m > shift) {
-            scale = CE_NAME(scale_of_largest)(m, shift);
         }
-    } else {
-        m = CE_NAME(chunk_max_body)(x, n, opts->softcap, has_cap);
-        /* From the chunk's own maximum; a chunk of -inf only subtracts 0 so
-         * that exp(-inf) = 0, not NaN. */
-        shift = (m == -__builtin_inf()) ? 0.0 : m;
-        CE_NAME(exp_pass)(x, n, e, opts, shift, &s, 0, 0.0, NULL, CE_FLAG_ARGS);
+        shift = own;
+        CE_NAME(exp_pass)(x + done, n - done, store ? e + done : e, opts, shift, &s, 0, 0.0,
+                          NULL, CE_FLAG_ARGS);
+    } else if (m > shift) {
+        scale = CE_NAME(scale_of_largest)(m, shift);
     }
     st->max = m;
     st->shift = shift;
