@@ -6,7 +6,10 @@ shapes, dtypes, ranges and layouts. This module only turns arrays into the
 C problem description and runs it with the GIL released.
 """
 cimport numpy as cnp
+from cpython.exc cimport PyErr_CheckSignals
 from libc.stdint cimport int64_t, uint8_t
+from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+import threading
 
 cnp.import_array()
 
@@ -27,6 +30,9 @@ cdef extern from "ce_kernels.h":
         CE_ISA_BASELINE
         CE_ISA_AVX2
         CE_ISA_AVX512
+    ctypedef struct ce_interrupt:
+        int (*poll)(void *ctx) noexcept nogil
+        void *ctx
     ctypedef struct ce_problem:
         ce_dtype dtype
         ce_mode mode
@@ -50,10 +56,13 @@ cdef extern from "ce_kernels.h":
         double *row_out
         double *row_entropy
         int64_t *row_argmax
+        ce_interrupt interrupt
     int CE_OK
     int CE_ERR_NOMEM
+    int CE_INTERRUPTED
     int ce_run(const ce_problem *problem, int n_threads) nogil
     int ce_default_threads()
+    int ce_max_threads()
     int ce_openmp_enabled()
     ce_isa ce_active_isa()
     ce_isa ce_best_isa()
@@ -81,6 +90,70 @@ DTYPE_BFLOAT16 = CE_BFLOAT16
 ISA_NAMES = {int(CE_ISA_BASELINE): ce_isa_name(CE_ISA_BASELINE).decode(),
              int(CE_ISA_AVX2): ce_isa_name(CE_ISA_AVX2).decode(),
              int(CE_ISA_AVX512): ce_isa_name(CE_ISA_AVX512).decode()}
+
+
+# ---- interrupts -----------------------------------------------------------------
+
+# Calls smaller than this (elements) finish quickly and are not polled.
+DEF POLL_MIN_ELEMENTS = 1 << 24
+# Seconds between two looks at Python's signal handlers.
+DEF POLL_INTERVAL = 0.1
+
+
+cdef struct signal_poll:
+    double next_check        # monotonic time of the next look
+    void *pending            # a Python list that receives the exception
+
+
+cdef double monotonic() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + 1e-9 * ts.tv_nsec
+
+
+cdef int poll_signals(void *ctx) noexcept nogil:
+    """ce_interrupt.poll: runs Python's signal handlers at most every
+    POLL_INTERVAL seconds (the GIL is taken only then); a handler that
+    raises (KeyboardInterrupt on Ctrl-C) stops the kernel."""
+    cdef signal_poll *state = <signal_poll *>ctx
+    cdef double now = monotonic()
+    if now < state.next_check:
+        return 0
+    state.next_check = now + POLL_INTERVAL
+    with gil:
+        try:
+            PyErr_CheckSignals()
+        except BaseException as exc:
+            (<list>state.pending).append(exc)
+            return 1
+    return 0
+
+
+cdef class Interruptible:
+    """The interrupt of one kernel call: polls Python's signal handlers from
+    the calling thread when it is the main thread (the only one that runs
+    them) and the call is long enough to matter; :meth:`check` re-raises
+    what a handler raised once the kernel has returned."""
+    cdef signal_poll state
+    cdef list pending
+    cdef ce_interrupt interrupt
+
+    def __cinit__(self, int64_t elements):
+        self.pending = []
+        self.state.next_check = 0.0
+        self.state.pending = <void *>self.pending
+        self.interrupt.poll = NULL
+        self.interrupt.ctx = <void *>&self.state
+        if elements >= POLL_MIN_ELEMENTS and threading.current_thread() is threading.main_thread():
+            self.state.next_check = monotonic() + POLL_INTERVAL
+            self.interrupt.poll = poll_signals
+
+    cdef int check(self, int status) except -1:
+        if status == CE_INTERRUPTED:
+            if self.pending:
+                raise self.pending[0]
+            raise KeyboardInterrupt
+        return check_status(status)
 
 
 cdef int check_status(int status) except -1:
@@ -139,15 +212,22 @@ def run(int mode, int dtype, cnp.ndarray x, cnp.ndarray out, cnp.ndarray target,
     p.row_out = <double *>data_or_null(row_out)
     p.row_entropy = <double *>data_or_null(row_entropy)
     p.row_argmax = <int64_t *>data_or_null(row_argmax)
+    cdef Interruptible stop = Interruptible(p.n_rows * p.n_cols)
+    p.interrupt = stop.interrupt
     cdef int status
     with nogil:
         status = ce_run(&p, n_threads)
-    check_status(status)
+    stop.check(status)
 
 
 def default_threads():
     """Threads OpenMP would use now (honours OMP_NUM_THREADS, threadpoolctl)."""
     return ce_default_threads()
+
+
+def max_threads():
+    """The most threads any call uses."""
+    return ce_max_threads()
 
 
 def openmp_enabled():
@@ -267,6 +347,7 @@ cdef extern from "ce_family.h":
         double *q_sum
         uint8_t *p_negative
         uint8_t *q_negative
+        ce_interrupt interrupt
     int ce_dist_run(const ce_dist_problem *problem, int n_threads) nogil
     ctypedef enum ce_bce_mode:
         CE_BCE_LOGITS
@@ -293,12 +374,13 @@ cdef extern from "ce_family.h":
         double *row_out
         void *grad
         int64_t grad_stride
+        ce_interrupt interrupt
     int ce_bce_run(const ce_bce_problem *problem, int n_threads) nogil
     ctypedef enum ce_sigmoid_mode:
         CE_SIGMOID
         CE_LOG_SIGMOID
     int ce_sigmoid_run(ce_dtype dtype, ce_sigmoid_mode mode, const void *x, void *out,
-                       int64_t n, int n_threads) nogil
+                       int64_t n, int n_threads, const ce_interrupt *interrupt) nogil
 
 
 DIST_ENTROPY = CE_DIST_ENTROPY
@@ -346,10 +428,12 @@ def dist_run(int mode, cnp.ndarray p, cnp.ndarray q, cnp.ndarray row_out,
     pr.q_sum = <double *>data_or_null(q_sum)
     pr.p_negative = <uint8_t *>data_or_null(p_negative)
     pr.q_negative = <uint8_t *>data_or_null(q_negative)
+    cdef Interruptible stop = Interruptible(pr.n_rows * pr.n_cols)
+    pr.interrupt = stop.interrupt
     cdef int status
     with nogil:
         status = ce_dist_run(&pr, n_threads)
-    check_status(status)
+    stop.check(status)
 
 
 def bce_run(int mode, cnp.ndarray x, cnp.ndarray y, cnp.ndarray weight,
@@ -376,10 +460,12 @@ def bce_run(int mode, cnp.ndarray x, cnp.ndarray y, cnp.ndarray weight,
     pr.row_out = <double *>data_or_null(row_out)
     pr.grad = <void *>data_or_null(grad)
     pr.grad_stride = row_stride(grad)
+    cdef Interruptible stop = Interruptible(pr.n_rows * pr.n_cols)
+    pr.interrupt = stop.interrupt
     cdef int status
     with nogil:
         status = ce_bce_run(&pr, n_threads)
-    check_status(status)
+    stop.check(status)
 
 
 def sigmoid_run(int mode, cnp.ndarray x, cnp.ndarray out, int n_threads):
@@ -389,9 +475,10 @@ def sigmoid_run(int mode, cnp.ndarray x, cnp.ndarray out, int n_threads):
     cdef const void *src = cnp.PyArray_DATA(x)
     cdef void *dst = cnp.PyArray_DATA(out)
     cdef int64_t n = cnp.PyArray_SIZE(x)
+    cdef Interruptible stop = Interruptible(n)
     with nogil:
-        status = ce_sigmoid_run(dt, <ce_sigmoid_mode>mode, src, dst, n, n_threads)
-    check_status(status)
+        status = ce_sigmoid_run(dt, <ce_sigmoid_mode>mode, src, dst, n, n_threads, &stop.interrupt)
+    stop.check(status)
 
 
 def small_mean_loss(cnp.ndarray x, cnp.ndarray target, int64_t ignore_index, int dtype, int n_threads):
@@ -437,6 +524,8 @@ def small_mean_loss(cnp.ndarray x, cnp.ndarray target, int64_t ignore_index, int
     p.row_out = row_loss
     p.row_entropy = NULL
     p.row_argmax = NULL
+    p.interrupt.poll = NULL
+    p.interrupt.ctx = NULL
     cdef int status
     with nogil:
         status = ce_run(&p, n_threads)

@@ -53,8 +53,8 @@ def get_num_threads() -> int:
         default (1 when built without OpenMP).
     """
     if _user_threads is not None:
-        return _user_threads if _core.openmp_enabled() else 1
-    return _core.default_threads()
+        return min(_user_threads, _core.max_threads()) if _core.openmp_enabled() else 1
+    return min(_core.default_threads(), _core.max_threads())
 
 
 def set_num_threads(n: Optional[int]) -> None:

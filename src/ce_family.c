@@ -25,13 +25,6 @@ static inline void store_elem(void *base, int64_t idx, double value, ce_dtype dt
         ((double *)base)[idx] = value;
 }
 
-/* Threads for a call over total elements: small work stays on one. */
-static int threads_for(int64_t total, int n_threads)
-{
-    int nt = n_threads > 0 ? n_threads : ce_default_threads();
-    if (total < CE_PARALLEL_THRESHOLD || !ce_openmp_enabled()) nt = 1;
-    return nt;
-}
 
 /* ---- distributions ------------------------------------------------------ */
 
@@ -79,25 +72,43 @@ static void dist_row(const ce_dist_problem *pr, int64_t r)
     if (pr->q_negative) pr->q_negative[r] = (uint8_t)q_neg;
 }
 
-/* Calls row(problem, r) for every row, spread over threads by rows. */
+/* Calls row(problem, r) for every row, spread over threads by rows; the
+ * calling thread polls interrupt as it goes, and once a stop is asked every
+ * thread skips the rows it has left. */
 static int for_each_row(const void *problem, void (*row)(const void *, int64_t),
-                        int64_t n_rows, int64_t n_cols, int n_threads)
+                        int64_t n_rows, int64_t n_cols, int n_threads,
+                        const ce_interrupt *interrupt)
 {
     if (n_rows < 0 || n_cols < 0) return CE_ERR_ARGS;
-    const int nt = threads_for(n_rows * n_cols, n_threads);
+    const int nt = ce_threads_for(n_rows * n_cols, n_rows, n_threads);
+    ce_stopper stopper;
+    ce_stopper_init(&stopper, interrupt);
     (void)nt;
 #ifdef _OPENMP
-    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
+    #pragma omp parallel num_threads(nt) if (nt > 1)
+    {
+        const int caller = omp_get_thread_num() == 0;
+        #pragma omp for schedule(static)
+        for (int64_t r = 0; r < n_rows; ++r) {
+            if (ce_stopper_stopped(&stopper)) continue;
+            row(problem, r);
+            if (caller) ce_stopper_tick(&stopper, n_cols);
+        }
+    }
+#else
+    for (int64_t r = 0; r < n_rows && !ce_stopper_stopped(&stopper); ++r) {
+        row(problem, r);
+        ce_stopper_tick(&stopper, n_cols);
+    }
 #endif
-    for (int64_t r = 0; r < n_rows; ++r) row(problem, r);
-    return CE_OK;
+    return ce_stopper_stopped(&stopper) ? CE_INTERRUPTED : CE_OK;
 }
 
 static void dist_row_any(const void *pr, int64_t r) { dist_row((const ce_dist_problem *)pr, r); }
 
 int ce_dist_run(const ce_dist_problem *pr, int n_threads)
 {
-    return for_each_row(pr, dist_row_any, pr->n_rows, pr->n_cols, n_threads);
+    return for_each_row(pr, dist_row_any, pr->n_rows, pr->n_cols, n_threads, &pr->interrupt);
 }
 
 /* ---- binary cross-entropy ---------------------------------------------- */
@@ -165,28 +176,43 @@ static void bce_row_any(const void *pr, int64_t r) { bce_row((const ce_bce_probl
 
 int ce_bce_run(const ce_bce_problem *pr, int n_threads)
 {
-    return for_each_row(pr, bce_row_any, pr->n_rows, pr->n_cols, n_threads);
+    return for_each_row(pr, bce_row_any, pr->n_rows, pr->n_cols, n_threads, &pr->interrupt);
 }
 
 /* ---- sigmoid ------------------------------------------------------------ */
 
-int ce_sigmoid_run(ce_dtype dtype, ce_sigmoid_mode mode, const void *x, void *out,
-                   int64_t n, int n_threads)
+/* Elements of sigmoid per unit of work: a row for for_each_row. */
+#define CE_SIGMOID_BLOCK 65536
+
+typedef struct {
+    ce_dtype dtype;
+    ce_sigmoid_mode mode;
+    const void *x;
+    void *out;
+    int64_t n;
+} ce_sigmoid_problem;
+
+static void sigmoid_block(const void *problem, int64_t b)
 {
-    if (n < 0) return CE_ERR_ARGS;
-    const int nt = threads_for(n, n_threads);
-    (void)nt;
-#ifdef _OPENMP
-    #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1)
-#endif
-    for (int64_t i = 0; i < n; ++i) {
-        const double v = load_elem(x, i, dtype);
+    const ce_sigmoid_problem *pr = (const ce_sigmoid_problem *)problem;
+    const int64_t start = b * CE_SIGMOID_BLOCK;
+    const int64_t stop = pr->n - start < CE_SIGMOID_BLOCK ? pr->n : start + CE_SIGMOID_BLOCK;
+    for (int64_t i = start; i < stop; ++i) {
+        const double v = load_elem(pr->x, i, pr->dtype);
         double result;
-        if (mode == CE_SIGMOID)
+        if (pr->mode == CE_SIGMOID)
             result = sigmoid_neg(-v);
         else
             result = -softplus_neg(v);   /* log sigmoid(v) = -log(1 + exp(-v)) */
-        store_elem(out, i, result, dtype);
+        store_elem(pr->out, i, result, pr->dtype);
     }
-    return CE_OK;
+}
+
+int ce_sigmoid_run(ce_dtype dtype, ce_sigmoid_mode mode, const void *x, void *out,
+                   int64_t n, int n_threads, const ce_interrupt *interrupt)
+{
+    if (n < 0) return CE_ERR_ARGS;
+    const ce_sigmoid_problem pr = {dtype, mode, x, out, n};
+    const int64_t n_blocks = (n + CE_SIGMOID_BLOCK - 1) / CE_SIGMOID_BLOCK;
+    return for_each_row(&pr, sigmoid_block, n_blocks, CE_SIGMOID_BLOCK, n_threads, interrupt);
 }

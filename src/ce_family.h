@@ -38,6 +38,7 @@ typedef struct {
     double *row_out;
     double *p_sum, *q_sum;
     uint8_t *p_negative, *q_negative;
+    ce_interrupt interrupt;            /* optional early stop */
 } ce_dist_problem;
 
 int ce_dist_run(const ce_dist_problem *problem, int n_threads);
@@ -75,6 +76,7 @@ typedef struct {
     void *elem_out; int64_t elem_out_stride;
     double *row_out;
     void *grad; int64_t grad_stride;
+    ce_interrupt interrupt;  /* optional early stop */
 } ce_bce_problem;
 
 int ce_bce_run(const ce_bce_problem *problem, int n_threads);
@@ -85,9 +87,9 @@ typedef enum {
 } ce_sigmoid_mode;
 
 /* out[i] = sigmoid(x[i]) or log(sigmoid(x[i])) for contiguous arrays of n
- * elements (out may equal x). */
+ * elements (out may equal x). interrupt may be NULL. */
 int ce_sigmoid_run(ce_dtype dtype, ce_sigmoid_mode mode, const void *x, void *out,
-                   int64_t n, int n_threads);
+                   int64_t n, int n_threads, const ce_interrupt *interrupt);
 
 #ifdef __cplusplus
 }

@@ -36,6 +36,31 @@
  * second thread costs more than the work. */
 #define CE_PARALLEL_THRESHOLD 32768
 
+/* Work between two polls of a ce_interrupt, in elements: a few
+ * milliseconds on one core, so an interrupt surfaces quickly while the
+ * poll's own cost (the caller's callback) stays negligible. */
+#define CE_POLL_ELEMENTS (INT64_C(1) << 22)
+
+/* Threads one call uses: n_threads (<= 0: OpenMP's default), 1 for fewer
+ * than CE_PARALLEL_THRESHOLD elements or without OpenMP, and never more
+ * than ce_max_threads() or the units of work there are. */
+int ce_threads_for(int64_t elements, int64_t work_units, int n_threads);
+
+/* The stop state of one call: set by the calling thread (thread 0 of the
+ * team) when its interrupt's poll asks to stop, read by every thread. */
+typedef struct {
+    const ce_interrupt *interrupt;  /* may be NULL or have a NULL poll */
+    int64_t since;                  /* elements since the last poll    */
+    int stop;
+} ce_stopper;
+
+void ce_stopper_init(ce_stopper *s, const ce_interrupt *interrupt);
+/* Called on the calling thread only, after it has done `elements` more
+ * elements of work: polls when CE_POLL_ELEMENTS have accumulated. */
+void ce_stopper_tick(ce_stopper *s, int64_t elements);
+/* Whether a stop was asked (safe from any thread). */
+int ce_stopper_stopped(const ce_stopper *s);
+
 /* Options of the chunk kernels for one chunk.
  *
  * The weighted linear term of a row: a[j] = w[j] * (y_mul * y[j] + y_add),

@@ -106,6 +106,62 @@ int ce_default_threads(void)
 #endif
 }
 
+int ce_max_threads(void)
+{
+#ifdef _OPENMP
+    const int procs = omp_get_num_procs();
+    const int limit = omp_get_thread_limit();
+    int most = procs > 2 ? 4 * procs : 8;
+    if (limit > 0 && most > limit) most = limit;
+    return most;
+#else
+    return 1;
+#endif
+}
+
+int ce_threads_for(int64_t elements, int64_t work_units, int n_threads)
+{
+    int64_t nt = n_threads > 0 ? n_threads : ce_default_threads();
+    const int64_t most = ce_max_threads();
+    if (nt > most) nt = most;
+    if (nt > work_units) nt = work_units;
+    if (elements < CE_PARALLEL_THRESHOLD || !ce_openmp_enabled() || nt < 1) nt = 1;
+    return (int)nt;
+}
+
+/* ---- stopping early ----------------------------------------------------- */
+
+void ce_stopper_init(ce_stopper *s, const ce_interrupt *interrupt)
+{
+    s->interrupt = interrupt != NULL && interrupt->poll != NULL ? interrupt : NULL;
+    s->since = 0;
+    s->stop = 0;
+}
+
+void ce_stopper_tick(ce_stopper *s, int64_t elements)
+{
+    if (s->interrupt == NULL) return;
+    s->since += elements;
+    if (s->since < CE_POLL_ELEMENTS) return;
+    s->since = 0;
+    if (s->interrupt->poll(s->interrupt->ctx)) {
+#ifdef _OPENMP
+        #pragma omp atomic write
+#endif
+        s->stop = 1;
+    }
+}
+
+int ce_stopper_stopped(const ce_stopper *s)
+{
+    int stop;
+#ifdef _OPENMP
+    #pragma omp atomic read
+#endif
+    stop = s->stop;
+    return stop;
+}
+
 int64_t ce_chunk_size(void) { return CE_CHUNK; }
 int64_t ce_parallel_threshold(void) { return CE_PARALLEL_THRESHOLD; }
 
@@ -457,9 +513,12 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
                         row->max, row->log_sum);
         return;
     }
-    /* not g * weight: g is inf or NaN for a row of -inf only */
-    const double f = st[c].max == -INFINITY ? 0.0
-                                            : row->g * exp(st[c].shift - row->max) * st[c].scale;
+    /* A row of -inf only has no distribution: its softmax and gradient are
+     * NaN, as its log-softmax and loss are. Otherwise a chunk of -inf
+     * only contributes 0 (not g * its weight: g may be inf). */
+    const double f = row->max == -INFINITY ? NAN
+                     : st[c].max == -INFINITY ? 0.0
+                                              : row->g * exp(st[c].shift - row->max) * st[c].scale;
     const ce_chunk_opts opts = chunk_opts(pl, r, c);
     /* the target's own term, added in the kernel before the output rounds */
     const int64_t t_local = p->target && row->target_delta != 0.0 ? p->target[r] - j0 : -1;
@@ -494,20 +553,31 @@ static void run_row(const ce_plan *pl, int64_t r, ce_chunk_stats *st)
         for (int64_t c = 0; c < pl->n_chunks; ++c) sweep2_chunk(pl, r, c, st, &row);
 }
 
-/* Whole rows per thread: the common case of many rows. */
-static void run_by_rows(const ce_plan *pl, ce_chunk_stats *scratch, int n_threads)
+/* Whole rows per thread: the common case of many rows. The calling thread
+ * polls for a stop as it goes; once one is asked every thread skips the
+ * rows it has left. */
+static void run_by_rows(const ce_plan *pl, ce_chunk_stats *scratch, int n_threads,
+                        ce_stopper *stopper)
 {
-    const int64_t n_rows = pl->p->n_rows;
+    const int64_t n_rows = pl->p->n_rows, n_cols = pl->p->n_cols;
 #ifdef _OPENMP
     #pragma omp parallel num_threads(n_threads)
     {
+        const int caller = omp_get_thread_num() == 0;
         ce_chunk_stats *st = scratch + (size_t)omp_get_thread_num() * (size_t)pl->n_chunks;
         #pragma omp for schedule(static)
-        for (int64_t r = 0; r < n_rows; ++r) run_row(pl, r, st);
+        for (int64_t r = 0; r < n_rows; ++r) {
+            if (ce_stopper_stopped(stopper)) continue;
+            run_row(pl, r, st);
+            if (caller) ce_stopper_tick(stopper, n_cols);
+        }
     }
 #else
     (void)n_threads;
-    for (int64_t r = 0; r < n_rows; ++r) run_row(pl, r, scratch);
+    for (int64_t r = 0; r < n_rows && !ce_stopper_stopped(stopper); ++r) {
+        run_row(pl, r, scratch);
+        ce_stopper_tick(stopper, n_cols);
+    }
 #endif
 }
 
@@ -515,7 +585,8 @@ static void run_by_rows(const ce_plan *pl, ce_chunk_stats *scratch, int n_thread
 /* Every row split across all threads by chunks: for fewer rows than
  * threads can keep busy. The chunk stats are merged by every thread in
  * the same order, so all agree without another barrier. */
-static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads)
+static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads,
+                          ce_stopper *stopper)
 {
     const ce_problem *p = pl->p;
     const int64_t nc = pl->n_chunks;
@@ -524,6 +595,13 @@ static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads)
     {
         const int master = omp_get_thread_num() == 0;
         for (int64_t r = 0; r < p->n_rows; ++r) {
+            /* The stop is polled between rows, so that every thread reads
+             * the same answer: all have read the last one, the caller
+             * polls, then all read. */
+            #pragma omp barrier
+            if (master && r > 0) ce_stopper_tick(stopper, p->n_cols);
+            #pragma omp barrier
+            if (ce_stopper_stopped(stopper)) break;
             if (row_ignored(pl, r)) {
                 if (master && p->row_out) p->row_out[r] = 0.0;
                 if (pl->second_sweep) {
@@ -566,24 +644,23 @@ int ce_run(const ce_problem *p, int n_threads)
     ce_plan pl;
     plan_init(&pl, p);
 
-    int nt = n_threads > 0 ? n_threads : ce_default_threads();
-    if (p->n_rows * p->n_cols < CE_PARALLEL_THRESHOLD) nt = 1;
-    if ((int64_t)nt > p->n_rows * pl.n_chunks) nt = (int)(p->n_rows * pl.n_chunks);
-    if (!ce_openmp_enabled()) nt = 1;
+    const int nt = ce_threads_for(p->n_rows * p->n_cols, p->n_rows * pl.n_chunks, n_threads);
 
     /* Few rows: split each row's vocabulary so every thread has work. */
     const int by_chunks = nt > 1 && p->n_rows < 4 * (int64_t)nt && pl.n_chunks >= nt;
     const size_t n_stats = (size_t)pl.n_chunks * (size_t)(by_chunks ? 1 : nt);
     ce_chunk_stats *scratch = (ce_chunk_stats *)malloc(n_stats * sizeof *scratch);
     if (scratch == NULL) return CE_ERR_NOMEM;
+    ce_stopper stopper;
+    ce_stopper_init(&stopper, &p->interrupt);
 #ifdef _OPENMP
     if (by_chunks)
-        run_by_chunks(&pl, scratch, nt);
+        run_by_chunks(&pl, scratch, nt, &stopper);
     else
 #endif
-        run_by_rows(&pl, scratch, nt);
+        run_by_rows(&pl, scratch, nt, &stopper);
     free(scratch);
-    return CE_OK;
+    return ce_stopper_stopped(&stopper) ? CE_INTERRUPTED : CE_OK;
 }
 
 /* ---- the exponential, exposed for accuracy tests ---------------------- */

@@ -45,6 +45,19 @@ typedef enum {
 } ce_isa;
 
 /*
+ * A way for the caller to stop a long call early (for instance to let an
+ * interactive interrupt through). poll(ctx) is called only on the thread
+ * that called the run function, between rows (and, for elementwise
+ * kernels, between blocks of elements), after every few million elements
+ * of work; a non-zero return stops the call, which then returns
+ * CE_INTERRUPTED with its outputs partly written. poll NULL: never polled.
+ */
+typedef struct {
+    int (*poll)(void *ctx);
+    void *ctx;
+} ce_interrupt;
+
+/*
  * A batch of rows. Every row has n_cols elements that are contiguous in
  * memory; rows are separated by a stride given in elements (any value,
  * including one that reuses memory). All counts are 64-bit.
@@ -85,12 +98,15 @@ typedef struct {
     double *row_out;        /* n_rows results: loss or log-sum-exp           */
     double *row_entropy;    /* token stats: entropy of the softmax (nats)    */
     int64_t *row_argmax;    /* token stats: first index of the largest logit */
+
+    ce_interrupt interrupt; /* optional early stop (poll NULL: none)       */
 } ce_problem;
 
 /* Status codes. */
 #define CE_OK 0
 #define CE_ERR_NOMEM 1
 #define CE_ERR_ARGS 2
+#define CE_INTERRUPTED 3   /* interrupt.poll asked to stop; outputs partial */
 
 /* Runs a problem on up to n_threads threads (<= 0 means OpenMP's default).
  * Results do not depend on the number of threads. */
@@ -98,6 +114,12 @@ int ce_run(const ce_problem *problem, int n_threads);
 
 /* The number of threads OpenMP would use by default (1 without OpenMP). */
 int ce_default_threads(void);
+
+/* The most threads a call uses, whatever it asks: four per processor
+ * available to the process, at least 8 (more cannot speed up a kernel that
+ * is bound by memory or arithmetic, and each costs an OS thread). Calls
+ * also never use more threads than they have units of work. */
+int ce_max_threads(void);
 
 /* 1 if compiled with OpenMP, else 0. */
 int ce_openmp_enabled(void);
