@@ -73,7 +73,7 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
             # stay exactly 0 whatever the scale.
             scale = _ieee_divide(scale, targets.mean_denominator)
         grad = v.KernelOutput(out, x.shape, dtype, {"logits": x, "target": target, "weight": weight,
-                                                    "grad_output": grad_output}, in_place_ok=x)
+                                                    "grad_output": grad_output}, in_place="logits")
 
     rows = v.rows_view(x)
     row_loss = np.empty(rows.shape[0], dtype=np.float64)
@@ -200,7 +200,8 @@ def _small_mean_loss(x: np.ndarray, t: np.ndarray, ignore_index: Any, num_thread
     if not (x.ndim == 2 and 0 < x.shape[0] < 8 and x.shape[1] > 0 and x.dtype.char in "fd"
             and x.flags.c_contiguous and x.flags.aligned and x.dtype.isnative
             and t.shape == (x.shape[0],) and t.dtype.char in "lq" and t.itemsize == 8
-            and t.flags.c_contiguous and t.dtype.isnative and type(ignore_index) is int
+            and t.flags.c_contiguous and t.flags.aligned and t.dtype.isnative
+            and type(ignore_index) is int
             and -(2**63) <= ignore_index < 2**63):
         return None
     loss = _core.small_mean_loss(x, t, ignore_index, v.dtype_code(x.dtype),
@@ -261,7 +262,7 @@ def _normalize_call(mode: int, x: Any, axis: Any, out: Any, name: str):
     arr = v.as_float_array(x, "x", allow_half=True)
     ax = v.check_axis(axis, arr.ndim)
     dtype = v.native(arr.dtype)
-    result = v.KernelOutput(out, arr.shape, dtype, {"x": arr}, in_place_ok=arr, axis=ax)
+    result = v.KernelOutput(out, arr.shape, dtype, {"x": arr}, in_place="x", axis=ax)
     if arr.size == 0:
         return result.array
     _core.run(mode, v.dtype_code(dtype), _moved_rows(arr, ax), result.rows, None, 0, None, None,

@@ -194,7 +194,7 @@ def _broadcast_rows(value: Any, name: str, shape: Tuple[int, ...], dtype: np.dty
     n_rows = math.prod(shape[:-1]) if shape else 1
     rows = full.reshape(n_rows, n_cols)
     if not (rows.dtype.isnative and rows.flags.aligned):
-        rows = np.ascontiguousarray(rows)
+        rows = v.kernel_contiguous(rows)
     return rows
 
 
@@ -245,7 +245,7 @@ def _bce_call(mode: int, x: Any, target: Any, weight: Any, pos_weight: Any, redu
                 scale = scale / X.size if X.size else math.nan
         grad = v.KernelOutput(out, shape, dtype, {"logits": X, "target": target, "weight": weight,
                                                   "pos_weight": pos_weight,
-                                                  "grad_output": grad_output}, in_place_ok=X)
+                                                  "grad_output": grad_output}, in_place="logits")
 
     elem = np.empty(x_rows.shape, dtype=dtype) if reduction == "none" else None
     row_sums = np.empty(x_rows.shape[0], dtype=np.float64) if reduction != "none" else None
@@ -331,13 +331,14 @@ def binary_cross_entropy_probs(probs: Any, target: Any, *, weight: Any = None,
 def _elementwise(mode: int, x: Any, out: Any):
     X = v.as_float_array(x, "x") if np.ndim(x) > 0 else _as_float_scalar(x, "x")
     dtype = v.native(X.dtype)
-    src = np.ascontiguousarray(X, dtype=dtype)
+    src = v.kernel_contiguous(X, dtype)
     if out is None:
         result = np.empty(X.shape, dtype=dtype)
     else:
         result = v.output_array(out, X.shape, dtype)
-        v.check_no_overlap(result, {"x": X}, in_place_ok=X)
-    dst = result if result.flags.c_contiguous else np.empty(X.shape, dtype=dtype)
+        v.check_no_overlap(result, {"x": X}, in_place="x")
+    writable = result.flags.c_contiguous and result.flags.aligned
+    dst = result if writable else np.empty(X.shape, dtype=dtype)
     _core.sigmoid_run(mode, src, dst, _threads.resolve(None))
     if dst is not result:
         result[...] = dst

@@ -91,6 +91,20 @@ def as_float_array(value: Any, name: str, allow_half: bool = False) -> np.ndarra
     return arr
 
 
+def kernel_contiguous(arr: Any, dtype: Optional[np.dtype] = None) -> np.ndarray:
+    """``arr`` (converted to ``dtype`` if given) as a C-contiguous, aligned
+    array in native byte order, the form in which the kernels read flat
+    operands; copied only when it is not already so. (``np.ascontiguousarray``
+    alone keeps a contiguous view at an unaligned address, which C may not
+    read as typed elements.)"""
+    a = np.asarray(arr, dtype=dtype)
+    if not a.dtype.isnative:
+        a = a.astype(native(a.dtype))
+    if a.flags.c_contiguous and a.flags.aligned:
+        return a
+    return np.array(a, order="C", copy=True)
+
+
 def rows_view(arr: np.ndarray) -> np.ndarray:
     """A 2-D (rows, last axis) array the kernels accept: native byte order,
     aligned, last axis contiguous. A view of ``arr`` whenever possible."""
@@ -102,7 +116,7 @@ def rows_view(arr: np.ndarray) -> np.ndarray:
     n_rows = math.prod(arr.shape[:-1])
     rows = arr.reshape(n_rows, n_cols)
     if not kernel_layout_ok(rows):
-        rows = np.ascontiguousarray(rows)
+        rows = kernel_contiguous(rows)
     return rows
 
 
@@ -137,15 +151,17 @@ def writable_rows(out: np.ndarray) -> Tuple[np.ndarray, bool]:
 class KernelOutput:
     """An array returned to the caller (``out`` when given, checked, else
     new) and the 2-D rows the kernels write: a view of it along ``axis``
-    when its layout allows, else scratch that :meth:`finish` copies back."""
+    when its layout allows, else scratch that :meth:`finish` copies back.
+    ``out`` may be the input named ``in_place`` (exactly, element for
+    element) and must not overlap any other of ``inputs``."""
 
     def __init__(self, out: Any, shape: Tuple[int, ...], dtype: np.dtype, inputs: dict,
-                 in_place_ok: Optional[np.ndarray], axis: int = -1):
+                 in_place: Optional[str], axis: int = -1):
         if out is None:
             self.array = np.empty(shape, dtype=dtype)
         else:
             self.array = output_array(out, shape, dtype)
-            check_no_overlap(self.array, inputs, in_place_ok)
+            check_no_overlap(self.array, inputs, in_place)
         last = self.array.ndim - 1
         moves = self.array.ndim and axis % self.array.ndim != last
         self._moved = np.moveaxis(self.array, axis, -1) if moves else self.array
@@ -183,6 +199,11 @@ def check_z_loss(z_loss: Any) -> float:
     return value
 
 
+#: The smallest soft-cap: the kernels divide by it in float32, and below the
+#: smallest normal float32 that reciprocal overflows.
+SOFTCAP_MIN = float(np.finfo(np.float32).tiny)
+
+
 def check_softcap(softcap: Any) -> float:
     """0.0 for no soft-capping, else the validated positive cap."""
     if softcap is None:
@@ -192,6 +213,10 @@ def check_softcap(softcap: Any) -> float:
     value = float(softcap)
     if not (value > 0.0 and math.isfinite(value)):
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
+    if value < SOFTCAP_MIN:
+        raise ValueError(
+            f"softcap must be at least {SOFTCAP_MIN!r} (the smallest normal float32), "
+            f"got {softcap!r}")
     return value
 
 
@@ -237,7 +262,7 @@ def hard_targets(target: np.ndarray, batch_shape: Tuple[int, ...], n_classes: in
     if target.dtype == np.uint64 and target.size and int(target.max()) >= 2**63:
         flat = int(np.argmax(target.reshape(-1) >= 2**63))
         _raise_bad_target(target, flat, batch_shape, n_classes, ignore_index)
-    flat_targets = np.ascontiguousarray(target.reshape(-1), dtype=np.int64)
+    flat_targets = kernel_contiguous(target.reshape(-1), np.int64)
     if weight is not None and weight.dtype not in SUPPORTED_DTYPES:
         weight = weight.astype(np.float32)  # the scan reads float32 or float64
     bad, _, denominator = _core.check_targets(flat_targets, n_classes, ignore_index, weight)
@@ -272,7 +297,7 @@ def class_weights(weight: Any, n_classes: int, dtype: np.dtype) -> np.ndarray:
     w = as_array(weight, "weight", "fiu", "a real numeric array")
     if w.shape != (n_classes,):
         raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
-    return np.ascontiguousarray(w, dtype=dtype)
+    return kernel_contiguous(w, dtype)
 
 
 def output_array(out: Any, shape: Tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:
@@ -284,7 +309,26 @@ def output_array(out: Any, shape: Tuple[int, ...], dtype: np.dtype, name: str = 
         raise ValueError(f"{name} has dtype {out.dtype}, expected {dtype}")
     if not out.flags.writeable:
         raise ValueError(f"{name} is read-only")
+    if overlaps_itself(out):
+        raise ValueError(
+            f"{name} has elements that share memory (a broadcast or as_strided view, strides "
+            f"{out.strides}); each output element needs memory of its own")
     return out
+
+
+def overlaps_itself(a: np.ndarray) -> bool:
+    """True if distinct elements of ``a`` may share memory: with its axes
+    ordered by stride, each stride must step over everything the smaller
+    axes span. (A few interleaved layouts that do not overlap fail this
+    too; no real output array has one.)"""
+    if a.size <= 1:
+        return False
+    span = a.itemsize
+    for stride, length in sorted((abs(st), n) for st, n in zip(a.strides, a.shape) if n > 1):
+        if stride < span:
+            return True
+        span += stride * (length - 1)
+    return False
 
 
 def is_same_array_memory(a: np.ndarray, b: np.ndarray) -> bool:
@@ -297,19 +341,20 @@ def is_same_array_memory(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def check_no_overlap(out: np.ndarray, others: dict, in_place_ok: Optional[np.ndarray]) -> None:
-    """``out`` may be ``in_place_ok`` itself but must not overlap anything else."""
+def check_no_overlap(out: np.ndarray, others: dict, in_place: Optional[str]) -> None:
+    """``out`` may be the input named ``in_place`` itself (the same elements
+    in the same order) but must not overlap anything else: an input that is
+    the same array under another name (the logits also passed as soft
+    targets, say) would be read while it is overwritten."""
     for other_name, other in others.items():
         if other is None or not isinstance(other, np.ndarray):
             continue
         if not np.may_share_memory(out, other):
             continue
-        if other is in_place_ok and is_same_array_memory(out, other):
+        if other_name == in_place and is_same_array_memory(out, other):
             continue
-        raise ValueError(
-            f"out overlaps {other_name}; out may be the logits array itself (in place) "
-            f"but must not partly overlap any input"
-        )
+        allowed = f"out may be {in_place} itself (in place) but" if in_place else "out"
+        raise ValueError(f"out overlaps {other_name}; {allowed} must not overlap any other input")
 
 
 def grad_output_rows(grad_output: Any, reduction: str, batch_shape: Tuple[int, ...]):
@@ -332,4 +377,4 @@ def grad_output_rows(grad_output: Any, reduction: str, batch_shape: Tuple[int, .
         raise ValueError(
             f"grad_output of shape {g.shape} does not broadcast to the loss shape {batch_shape}"
         ) from None
-    return 1.0, np.ascontiguousarray(g.reshape(-1))
+    return 1.0, kernel_contiguous(g.reshape(-1))
