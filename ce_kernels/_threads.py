@@ -50,7 +50,8 @@ def get_num_threads() -> int:
     -------
     int
         The value set by :func:`set_num_threads`, else OpenMP's current
-        default (1 when built without OpenMP).
+        default (1 when built without OpenMP), capped at
+        ``max(8, 4 * processors available)``.
     """
     if _user_threads is not None:
         return min(_user_threads, _core.max_threads()) if _core.openmp_enabled() else 1
@@ -64,6 +65,9 @@ def set_num_threads(n: Optional[int]) -> None:
     ----------
     n : int or None
         A positive count, or ``None`` to go back to OpenMP's default.
+        Counts above ``max(8, 4 * processors)`` are accepted and capped
+        there (see :func:`get_num_threads`): more threads cannot speed up
+        these kernels, and each costs an OS thread.
     """
     global _user_threads
     _user_threads = None if n is None else v.check_num_threads(n)
