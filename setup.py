@@ -81,6 +81,9 @@ class BuildExt(build_ext):
         super().build_extensions()
 
 
+# The public C headers, installed with the package (ce_kernels.get_include()).
+INCLUDE_DIR = "ce_kernels/include"
+
 extension = Extension(
     "ce_kernels._core",
     sources=[
@@ -90,13 +93,18 @@ extension = Extension(
         "src/ce_floor.c",
         "src/ce_family.c",
     ],
-    include_dirs=["src", np.get_include()],
+    include_dirs=["src", INCLUDE_DIR, np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
 )
 
+# Passes the kernels' function table on to other extensions (no kernels of
+# its own: one copy of them, in _core).
+capi_extension = Extension("ce_kernels.capi", sources=["ce_kernels/capi.pyx"],
+                           include_dirs=[INCLUDE_DIR])
+
 setup(
     ext_modules=cythonize(
-        [extension],
+        [extension, capi_extension],
         compiler_directives={
             "language_level": 3,
             "boundscheck": DEBUG,

@@ -37,6 +37,32 @@ from ._threads import (
 )
 from ._version import __version__
 
+
+def get_include() -> str:
+    """The directory of ce_kernels' public C headers, for other extensions.
+
+    ``ce_kernels.h`` describes the problem, ``ce_run``, the dtype, mode and
+    instruction-set enums, the status codes and the versioned function
+    table; ``ce_kernels_python.h`` fetches that table from the installed
+    package (``ce_kernels_import()``). Cython code ``cimport``s
+    ``ce_kernels.capi`` instead and needs this directory too.
+
+    Returns
+    -------
+    str
+        An absolute path; pass it in ``include_dirs`` of an ``Extension``.
+
+    Examples
+    --------
+    >>> import os, ce_kernels as ck
+    >>> os.path.exists(os.path.join(ck.get_include(), "ce_kernels.h"))
+    True
+    """
+    import os
+
+    return os.path.join(os.path.dirname(os.path.abspath(__file__)), "include")
+
+
 _apply_isa_from_environment()
 del _apply_isa_from_environment
 
@@ -54,6 +80,7 @@ __all__ = [
     "sigmoid",
     "cross_entropy",
     "cross_entropy_with_grad",
+    "get_include",
     "get_num_threads",
     "log_softmax",
     "logsumexp",

@@ -7,74 +7,19 @@ C problem description and runs it with the GIL released.
 """
 cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
+from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport int64_t, uint8_t
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
+
+from ce_kernels._cdefs cimport *
+
 import threading
 
 cnp.import_array()
 
-cdef extern from "ce_kernels.h":
-    ctypedef enum ce_dtype:
-        CE_FLOAT32
-        CE_FLOAT64
-        CE_FLOAT16
-        CE_BFLOAT16
-    ctypedef enum ce_mode:
-        CE_MODE_LOSS
-        CE_MODE_LOSS_GRAD
-        CE_MODE_LOGSUMEXP
-        CE_MODE_SOFTMAX
-        CE_MODE_LOG_SOFTMAX
-        CE_MODE_TOKEN_STATS
-    ctypedef enum ce_isa:
-        CE_ISA_BASELINE
-        CE_ISA_AVX2
-        CE_ISA_AVX512
-    ctypedef struct ce_interrupt:
-        int (*poll)(void *ctx) noexcept nogil
-        void *ctx
-    ctypedef struct ce_problem:
-        ce_dtype dtype
-        ce_mode mode
-        int64_t n_rows
-        int64_t n_cols
-        const void *x
-        int64_t x_stride
-        void *out
-        int64_t out_stride
-        const int64_t *target
-        int64_t ignore_index
-        const void *soft
-        int64_t soft_stride
-        const void *weight
-        double weight_sum
-        double smoothing
-        double z_loss
-        double softcap
-        double grad_scale
-        const double *row_scale
-        double *row_out
-        double *row_entropy
-        int64_t *row_argmax
-        ce_interrupt interrupt
-    int CE_OK
-    int CE_ERR_NOMEM
-    int CE_INTERRUPTED
-    int ce_run(const ce_problem *problem, int n_threads) nogil
-    int ce_default_threads()
-    int ce_max_threads()
-    int ce_openmp_enabled()
-    ce_isa ce_active_isa()
-    ce_isa ce_best_isa()
-    int ce_force_isa(ce_isa isa)
-    const char *ce_isa_name(ce_isa isa)
-    int64_t ce_chunk_size()
-    int64_t ce_parallel_threshold()
-    void ce_exp_f32_array(const float *x, float *y, int64_t n) nogil
-    void ce_exp_f64_array(const double *x, double *y, int64_t n) nogil
-    double ce_floor_read_f32(const float *x, int64_t n, int n_threads) nogil
-    void ce_floor_copy_f32(const float *x, float *y, int64_t n, int n_threads) nogil
-    void ce_floor_update_f32(float *x, int64_t n, float factor, int n_threads) nogil
+#: The kernels' function table for other extensions (re-exported as
+#: ``ce_kernels.capi._C_API``; see ``ce_kernels_python.h``).
+_C_API = PyCapsule_New(<void *>ce_kernels_api_table(), CE_KERNELS_CAPSULE_NAME, NULL)
 
 MODE_LOSS = CE_MODE_LOSS
 MODE_LOSS_GRAD = CE_MODE_LOSS_GRAD

@@ -663,6 +663,21 @@ int ce_run(const ce_problem *p, int n_threads)
     return ce_stopper_stopped(&stopper) ? CE_INTERRUPTED : CE_OK;
 }
 
+/* ---- the table other extensions call through --------------------------- */
+
+static const ce_kernels_api api_table = {
+    CE_KERNELS_ABI_VERSION,
+    ce_run,
+    ce_default_threads,
+    ce_max_threads,
+    ce_openmp_enabled,
+    ce_active_isa,
+    ce_isa_name,
+    ce_chunk_size,
+};
+
+const ce_kernels_api *ce_kernels_api_table(void) { return &api_table; }
+
 /* ---- the exponential, exposed for accuracy tests ---------------------- */
 
 void ce_exp_f32_array(const float *x, float *y, int64_t n)

@@ -8,6 +8,12 @@
  *
  * The caller is trusted: shapes, target ranges and option values are
  * validated before these functions are called.
+ *
+ * Other extensions reach these functions without linking against
+ * ce_kernels: through the table of function pointers at the end of this
+ * header, which the installed package exports as a capsule (see
+ * ce_kernels_python.h for C, and ce_kernels/capi.pxd for Cython). The
+ * directory holding both headers is ce_kernels.get_include().
  */
 #ifndef CE_KERNELS_H
 #define CE_KERNELS_H
@@ -107,6 +113,7 @@ typedef struct {
 #define CE_ERR_NOMEM 1
 #define CE_ERR_ARGS 2
 #define CE_INTERRUPTED 3   /* interrupt.poll asked to stop; outputs partial */
+#define CE_ERR_ABI 4       /* called through the capsule with another ABI */
 
 /* Runs a problem on up to n_threads threads (<= 0 means OpenMP's default).
  * Results do not depend on the number of threads. */
@@ -149,6 +156,37 @@ double ce_floor_read_f32(const float *x, int64_t n, int n_threads);
 void ce_floor_copy_f32(const float *x, float *y, int64_t n, int n_threads);
 /* ...and update n elements in place (x *= factor): the in-place floor. */
 void ce_floor_update_f32(float *x, int64_t n, float factor, int n_threads);
+
+/* ---- the table other extensions call through ---------------------------
+ *
+ * ABI version policy: CE_KERNELS_ABI_VERSION changes whenever a structure
+ * or enum above, or this table, changes in a way that breaks code compiled
+ * against an earlier header; it stays the same across releases otherwise.
+ * Code compiled against one version refuses to run with another (at import
+ * for C, see ce_kernels_python.h; with CE_ERR_ABI per call for Cython) so
+ * nothing reads a structure laid out differently. Zero a ce_problem before
+ * setting its fields, so that fields you do not use are NULL or 0.
+ *
+ * Every function is thread-safe: call it from any thread, without the GIL,
+ * concurrently. n_threads is honoured as documented for ce_run. */
+#define CE_KERNELS_ABI_VERSION 1
+
+/* The capsule's name, also where it lives: ce_kernels.capi._C_API. */
+#define CE_KERNELS_CAPSULE_NAME "ce_kernels.capi._C_API"
+
+typedef struct {
+    int abi_version;                    /* CE_KERNELS_ABI_VERSION of the library */
+    int (*run)(const ce_problem *problem, int n_threads);
+    int (*default_threads)(void);
+    int (*max_threads)(void);
+    int (*openmp_enabled)(void);
+    ce_isa (*active_isa)(void);
+    const char *(*isa_name)(ce_isa isa);
+    int64_t (*chunk_size)(void);
+} ce_kernels_api;
+
+/* The library's table (static storage, never freed). */
+const ce_kernels_api *ce_kernels_api_table(void);
 
 #ifdef __cplusplus
 }
