@@ -4,12 +4,18 @@ The logits file is memory-mapped and streamed in chunks of rows; pages of a
 finished chunk are handed back to the operating system, so the resident
 memory stays near one chunk whatever the size of the file. Each chunk goes
 through the token-statistics kernel once (NLL, argmax, entropy in one pass).
+
+Inputs are untrusted: only regular files are opened, the .npy header is
+parsed without unpickling or evaluating anything and checked against the
+size of the file before it is mapped, and inputs are only ever mapped
+read-only.
 """
 from __future__ import annotations
 
 import math
 import mmap
 import os
+import stat
 import sys
 from typing import Dict, Iterator, Optional, Tuple
 
@@ -30,20 +36,97 @@ class EvalError(Exception):
 
 # ---- loading ------------------------------------------------------------------------
 
-def _open_npy(path: str, what: str) -> np.ndarray:
-    if not os.path.exists(path):
-        raise EvalError(f"{what} file not found: {path}")
-    if os.path.isdir(path):
-        raise EvalError(f"{what} is a directory, not a .npy file: {path}")
-    if os.path.getsize(path) == 0:
-        raise EvalError(f"{what} file is empty: {path}")
-    with open(path, "rb") as f:
-        if f.read(6) != b"\x93NUMPY":
-            raise EvalError(f"{what} is not a .npy file (no NumPy header): {path}")
+def _oneline(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one short line (headers of hostile files can
+    put anything in it)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _regular_file(path: str, what: str) -> os.stat_result:
+    """stat() of an input that must be a regular file. Nothing is opened: a
+    FIFO would block the open, and a device such as /dev/zero never ends."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # not a .npy, truncated, object arrays...
-        raise EvalError(f"{what} is not a readable .npy file: {path} ({exc})") from None
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise EvalError(f"{what} file not found: {path}") from None
+    except OSError as exc:
+        raise EvalError(f"cannot read {what} file {path}: {exc.strerror or _oneline(exc)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise EvalError(f"{what} is a directory, not a .npy file: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise EvalError(f"{what} is not a regular file ({_file_kind(st.st_mode)}): {path}")
+    return st
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _open_npy(path: str, what: str, expected: os.stat_result) -> Tuple[np.ndarray, bool]:
+    """(read-only memory map of the .npy at ``path``, whether it is stored in
+    Fortran order). The header is parsed without evaluating code and checked
+    against the size of the file before anything is mapped; object and
+    structured dtypes and 0-d arrays are refused."""
+    # O_NONBLOCK: should the path have been swapped for a FIFO since stat(),
+    # the open returns at once and the fstat() below refuses it.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise EvalError(f"cannot read {what} file {path}: {exc.strerror or _oneline(exc)}") from None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _same_file(st, expected):
+            raise EvalError(f"{what} was replaced while it was being opened: {path}")
+        if st.st_size == 0:
+            raise EvalError(f"{what} file is empty: {path}")
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError:
+            raise EvalError(f"{what} is not a .npy file (no NumPy header): {path}") from None
+        reader = _HEADER_READERS.get(version)
+        if reader is None:
+            raise EvalError(f"{what} uses .npy format version {version[0]}.{version[1]}, which is "
+                            f"not supported (1.0 and 2.0 are): {path}")
+        try:
+            shape, fortran_order, dtype = reader(f)
+        except Exception as exc:  # whatever a malformed header makes the parser raise
+            raise EvalError(f"{what} has a bad .npy header: {path} ({_oneline(exc)})") from None
+        if not all(type(n) is int and n >= 0 for n in shape):
+            raise EvalError(f"{what} has a bad .npy header: {path} (shape {shape})")
+        if dtype.hasobject:
+            raise EvalError(f"{what} holds Python objects (dtype object), which are never "
+                            f"unpickled; save numbers: {path}")
+        if dtype.fields is not None or dtype.subdtype is not None:
+            raise EvalError(f"{what} has a structured dtype {dtype}; save a plain numeric array: "
+                            f"{path}")
+        if not shape:
+            raise EvalError(f"{what} is a 0-d array; save a single position as LOGITS of shape "
+                            f"(1, V) and TARGETS of shape (1,): {path}")
+        offset = f.tell()
+        needed = math.prod(shape) * dtype.itemsize    # Python ints: no overflow
+        held = st.st_size - offset
+        if needed > held:
+            raise EvalError(f"{what} is truncated: its header promises {needed} bytes of data "
+                            f"(shape {shape}, {dtype}), the file holds {held}: {path}")
+        order = "F" if fortran_order else "C"
+        if needed == 0:
+            return np.empty(shape, dtype=dtype, order=order), fortran_order
+        return (np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order=order),
+                fortran_order)
 
 
 def _logits_dtype_code(arr: np.ndarray, path: str) -> int:
@@ -61,12 +144,32 @@ def _logits_dtype_code(arr: np.ndarray, path: str) -> int:
                     f"float32 or float64")
 
 
-def load_inputs(logits_path: str, targets_path: str) -> Tuple[np.ndarray, int, np.ndarray]:
+def _input_stats(logits_path: str, targets_path: str) -> Dict[str, os.stat_result]:
+    return {"LOGITS": _regular_file(logits_path, "LOGITS"),
+            "TARGETS": _regular_file(targets_path, "TARGETS")}
+
+
+def load_inputs(logits_path: str, targets_path: str,
+                stats: Optional[Dict[str, os.stat_result]] = None
+                ) -> Tuple[np.ndarray, int, np.ndarray]:
     """(logits memmap, kernel dtype code, targets memmap), checked."""
-    logits = _open_npy(logits_path, "LOGITS")
-    targets = _open_npy(targets_path, "TARGETS")
+    if stats is None:
+        stats = _input_stats(logits_path, targets_path)
+    opened = {}
+    for what, path in (("LOGITS", logits_path), ("TARGETS", targets_path)):
+        try:
+            opened[what] = _open_npy(path, what, stats[what])
+        except (OSError, ValueError) as exc:   # what the checks above did not foresee
+            raise EvalError(f"cannot read {what} file {path}: {_oneline(exc)}") from None
+    (logits, logits_fortran), (targets, _) = opened["LOGITS"], opened["TARGETS"]
     code = _logits_dtype_code(logits, logits_path)
-    if logits.ndim < 1 or logits.shape[-1] == 0:
+    if logits_fortran and logits.ndim >= 2:
+        # Rows of a column-major file are scattered over all of it: streaming
+        # by rows would touch every page for every chunk.
+        raise EvalError(f"LOGITS is stored in Fortran (column-major) order and cannot be streamed "
+                        f"by rows; rewrite it once in C order with np.save(path, "
+                        f"np.ascontiguousarray(a)): {logits_path}")
+    if logits.shape[-1] == 0:
         raise EvalError(f"LOGITS must have shape (..., V) with V >= 1, got {logits.shape}")
     if targets.dtype.kind not in "iu":
         raise EvalError(f"TARGETS must hold integer token ids, got dtype {targets.dtype}")
