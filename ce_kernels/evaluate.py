@@ -178,32 +178,60 @@ def load_inputs(logits_path: str, targets_path: str,
                         f"(the shape of LOGITS without its last axis)")
     if logits.size == 0:
         raise EvalError(f"LOGITS holds no positions (shape {logits.shape})")
-    if not logits.dtype.isnative and logits.dtype.kind == "f":
-        raise EvalError("LOGITS is stored in non-native byte order; convert it with "
-                        "arr.astype(arr.dtype.newbyteorder('='))")
     return logits, code, targets
 
 
 # ---- streaming ----------------------------------------------------------------------
 
-def _segments(logits: np.ndarray, targets: np.ndarray, shift: bool):
-    """(2-D rows of logits, 1-D targets, flat index of their first position in
-    the output) for each contiguous run of scored positions. With ``shift``,
-    position t of each sequence (the second-to-last axis) is scored against
-    token t + 1, and the last position of each sequence is not scored."""
+def _segments(logits: np.ndarray, shift: bool) -> Iterator[Tuple[np.ndarray, int, int]]:
+    """(2-D rows of logits, flat index into TARGETS of the token scored by
+    their first row, flat index of their first position in the output) for
+    each contiguous run of scored positions. With ``shift``, position t of
+    each sequence (the second-to-last axis) is scored against token t + 1,
+    and the last position of each sequence is not scored. Checked when
+    called, before any output exists."""
     v_size = logits.shape[-1]
     if not shift:
-        yield logits.reshape(-1, v_size), targets.reshape(-1), 0
-        return
+        return iter([(logits.reshape(-1, v_size), 0, 0)])
     if logits.ndim < 2:
         raise EvalError("--shift needs a sequence axis: LOGITS of shape (..., T, V)")
     seq = logits.shape[-2]
     if seq < 2:
         raise EvalError("--shift needs sequences of at least 2 positions")
     lead = logits.reshape(-1, seq, v_size)
-    lead_targets = targets.reshape(-1, seq)
-    for b in range(lead.shape[0]):
-        yield lead[b, :-1], lead_targets[b, 1:], b * (seq - 1)
+    return ((lead[b, :-1], b * seq + 1, b * (seq - 1)) for b in range(lead.shape[0]))
+
+
+def _flat_targets(targets: np.ndarray):
+    """TARGETS sliceable by flat position in logical (C) order without
+    reading all of it: a view when it is C-ordered, else its flat iterator
+    (a Fortran-ordered file), whose slices gather just those positions."""
+    if targets.flags.c_contiguous:
+        return targets.reshape(-1)
+    return targets.flat
+
+
+def _kernel_ready(rows: np.ndarray) -> bool:
+    """True if the kernels read ``rows`` as they are: 2-D, native byte order,
+    aligned, a contiguous last axis and a whole, non-negative number of
+    elements between rows."""
+    if rows.ndim != 2:
+        return False
+    itemsize = rows.dtype.itemsize
+    return (rows.dtype.isnative and rows.flags.aligned
+            and (rows.shape[1] <= 1 or rows.strides[1] == itemsize)
+            and (rows.shape[0] <= 1 or (rows.strides[0] >= 0 and rows.strides[0] % itemsize == 0)))
+
+
+def _kernel_rows(chunk: np.ndarray) -> np.ndarray:
+    """``chunk`` itself when the kernels can read it, else a contiguous
+    native copy of this chunk only (big-endian or misaligned files)."""
+    if not _kernel_ready(chunk):
+        chunk = np.array(chunk, dtype=chunk.dtype.newbyteorder("="), order="C")
+    if not _kernel_ready(chunk):
+        raise RuntimeError(f"internal error: rows of shape {chunk.shape}, strides "
+                           f"{chunk.strides}, dtype {chunk.dtype} cannot go to the kernels")
+    return chunk
 
 
 def _release(arr: np.ndarray) -> None:
@@ -253,7 +281,8 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     ``entropy`` (mean predictive entropy over scored positions, nats),
     ``vocab``, ``chunk_rows`` and ``positions``.
     """
-    logits, code, targets = load_inputs(logits_path, targets_path)
+    inputs = _input_stats(logits_path, targets_path)
+    logits, code, targets = load_inputs(logits_path, targets_path, inputs)
     n_threads = _threads.resolve(threads)
     v_size = logits.shape[-1]
     if chunk_rows is None:
@@ -261,6 +290,12 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     out_shape = logits.shape[:-1]
     if shift:
         out_shape = out_shape[:-1] + (out_shape[-1] - 1,) if len(out_shape) >= 1 else out_shape
+    segments = _segments(logits, shift)
+    flat_targets = _flat_targets(targets)
+
+    scored = ignored = correct = 0
+    nll_sum = entropy_sum = 0.0
+    total_positions = int(np.prod(out_shape)) if len(out_shape) else 1
     per_token_out = None
     if per_token is not None:
         try:
@@ -269,36 +304,37 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
         except OSError as exc:
             raise EvalError(f"cannot write --per-token file {per_token}: {exc}") from None
     flat_out = per_token_out.reshape(-1) if per_token_out is not None else None
-
-    scored = ignored = correct = 0
-    nll_sum = entropy_sum = 0.0
-    total_positions = int(np.prod(out_shape)) if len(out_shape) else 1
-    bar = _progress(total_positions, progress)
-    for rows, row_targets, out_start in _segments(logits, targets, shift):
-        for start, stop in _chunks(rows, chunk_rows):
-            chunk = rows[start:stop]
-            t = np.ascontiguousarray(row_targets[start:stop], dtype=np.int64)
-            bad, _, _ = _core.check_targets(t, v_size, ignore_index, None)
-            if bad >= 0:
-                flat = out_start + start + bad
-                where = _target_position(flat, targets.shape, shift)
-                raise EvalError(f"token id {int(t[bad])} at TARGETS{list(where)} is out of range "
-                                f"[0, {v_size}) and is not --ignore-index ({ignore_index})")
-            stats = _api._token_stats_rows(chunk, code, t, ignore_index, n_threads)
-            counted = t != ignore_index
-            n_counted = int(np.count_nonzero(counted))
-            scored += n_counted
-            ignored += t.size - n_counted
-            nll_sum += float(np.sum(stats.nll[counted], dtype=np.float64))
-            entropy_sum += float(np.sum(stats.entropy[counted], dtype=np.float64))
-            correct += int(np.count_nonzero(stats.correct))
-            if flat_out is not None:
-                flat_out[out_start + start: out_start + stop] = stats.nll
-            _release(chunk)
-            if bar is not None:
-                bar.update(stop - start)
-    if bar is not None:
-        bar.close()
+    bar = None
+    try:
+        bar = _progress(total_positions, progress)
+        for rows, target_start, out_start in segments:
+            for start, stop in _chunks(rows, chunk_rows):
+                chunk = rows[start:stop]
+                raw = flat_targets[target_start + start: target_start + stop]
+                t = np.ascontiguousarray(raw, dtype=np.int64)
+                bad, _, _ = _core.check_targets(t, v_size, ignore_index, None)
+                if bad >= 0:
+                    where = np.unravel_index(target_start + start + bad, targets.shape)
+                    raise EvalError(f"token id {int(t[bad])} at TARGETS{[int(i) for i in where]} "
+                                    f"is out of range [0, {v_size}) and is not --ignore-index "
+                                    f"({ignore_index})")
+                stats = _api._token_stats_rows(_kernel_rows(chunk), code, t, ignore_index,
+                                               n_threads)
+                counted = t != ignore_index
+                n_counted = int(np.count_nonzero(counted))
+                scored += n_counted
+                ignored += t.size - n_counted
+                nll_sum += float(np.sum(stats.nll[counted], dtype=np.float64))
+                entropy_sum += float(np.sum(stats.entropy[counted], dtype=np.float64))
+                correct += int(np.count_nonzero(stats.correct))
+                if flat_out is not None:
+                    flat_out[out_start + start: out_start + stop] = stats.nll
+                _release(chunk)
+                if bar is not None:
+                    bar.update(stop - start)
+    finally:
+        if bar is not None:
+            bar.close()
     if per_token_out is not None:
         per_token_out.flush()
         del per_token_out
@@ -315,15 +351,3 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
         "positions": total_positions,
         "chunk_rows": chunk_rows,
     }
-
-
-def _target_position(flat_scored: int, target_shape: Tuple[int, ...], shift: bool):
-    """Index into TARGETS of the flat scored position (shifted by one token
-    along the sequence axis with --shift)."""
-    if not shift:
-        return [int(i) for i in np.unravel_index(flat_scored, target_shape)]
-    seq = target_shape[-1]
-    lead_shape = target_shape[:-1]
-    b, t = divmod(flat_scored, seq - 1)
-    lead = [int(i) for i in np.unravel_index(b, lead_shape)] if lead_shape else []
-    return lead + [t + 1]

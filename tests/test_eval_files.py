@@ -327,12 +327,90 @@ def test_bad_file_is_one_line_error_and_changes_nothing(good, name):
 
 # ---- valid data in unusual layouts: read correctly --------------------------------------
 
+def test_fortran_ordered_targets_are_read_in_logical_order(good):
+    d, logits, targets = good
+    flat_logits = logits.reshape(24, 50)
+    np.save(d / "flat.npy", flat_logits)
+    square_targets = targets.reshape(4, 6)
+    np.save(d / "tf.npy", np.asfortranarray(square_targets))
+    assert np.load(d / "tf.npy", mmap_mode="r").flags.f_contiguous
+    np.save(d / "l2.npy", np.ascontiguousarray(logits))
+    metrics, nll = expected_numbers(logits, square_targets)
+    check_json(run_eval(d / "l2.npy", d / "tf.npy", "--json", "--chunk-rows", 5,
+                        "--per-token", d / "nll.npy"), metrics)
+    np.testing.assert_allclose(np.load(d / "nll.npy"), nll, rtol=2e-6)
+
+
+def test_fortran_ordered_3d_targets_with_shift(tmp_path, rng):
+    logits = rng.standard_normal((2, 3, 7, 40)).astype(np.float32)
+    targets = rng.integers(0, 40, (2, 3, 7))
+    targets[1, 2, 3] = -100
+    np.save(tmp_path / "l.npy", logits)
+    np.save(tmp_path / "t.npy", np.asfortranarray(targets))
+    metrics, nll = expected_numbers(logits[..., :-1, :], targets[..., 1:])
+    check_json(run_eval(tmp_path / "l.npy", tmp_path / "t.npy", "--shift", "--json",
+                        "--chunk-rows", 4, "--per-token", tmp_path / "nll.npy"), metrics)
+    got = np.load(tmp_path / "nll.npy")
+    assert got.shape == (2, 3, 6)
+    np.testing.assert_allclose(got, nll, rtol=2e-6)
+
+
+@pytest.mark.parametrize("dtype", [">f4", ">f8", ">f2"])
+def test_big_endian_logits(good, dtype):
+    d, logits, targets = good
+    stored = logits.astype(dtype)
+    np.save(d / "be.npy", stored)
+    metrics, _ = expected_numbers(stored.astype(np.float64), targets)
+    check_json(run_eval(d / "be.npy", d / "targets.npy", "--json", "--chunk-rows", 7), metrics)
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f8"])
+def test_unaligned_logits(good, dtype):
+    """A hand-made header that leaves the data off its natural alignment."""
+    d, logits, targets = good
+    stored = logits.astype(dtype)
+    header = f"{{'descr': '{dtype}', 'fortran_order': False, 'shape': (4, 6, 50), }}"
+    itemsize = stored.dtype.itemsize
+    (d / "odd.npy").write_bytes(npy_with_header(header, stored.tobytes(), data_offset=128 + itemsize // 2))
+    assert not np.load(d / "odd.npy", mmap_mode="r").flags.aligned
+    metrics, _ = expected_numbers(stored, targets)
+    check_json(run_eval(d / "odd.npy", d / "targets.npy", "--json", "--chunk-rows", 7), metrics)
+
+
 def test_version_2_header(good):
     d, logits, targets = good
     header = "{'descr': '<f4', 'fortran_order': False, 'shape': (4, 6, 50), }"
     (d / "v2.npy").write_bytes(npy_with_header(header, logits.tobytes(), version=(2, 0)))
     metrics, _ = expected_numbers(logits, targets)
     check_json(run_eval(d / "v2.npy", d / "targets.npy", "--json"), metrics)
+
+
+def test_kernel_rows_accepts_only_what_the_kernels_read(rng):
+    """Whatever the layout of a chunk, what reaches the kernels is 2-D, native,
+    aligned, with a contiguous last axis, and holds the same numbers."""
+    from ce_kernels.evaluate import _kernel_ready, _kernel_rows
+
+    base = rng.standard_normal((12, 30)).astype(np.float32)
+    raw = np.zeros(base.nbytes + 4, dtype=np.uint8)
+    unaligned = raw[2:2 + base.nbytes].view(np.float32).reshape(12, 30)
+    unaligned[...] = base
+    layouts = {                                         # name: (chunk, its values)
+        "fortran": (np.asfortranarray(base), base),
+        "columns strided": (np.repeat(base, 2, axis=1)[:, ::2], base),
+        "big-endian": (base.astype(">f4"), base),
+        "unaligned": (unaligned, base),
+        "rows reversed": (base[::-1], base[::-1]),
+        "columns reversed": (base[:, ::-1], base[:, ::-1]),
+        "one row of many": (base[3:4], base[3:4]),
+    }
+    for name, (chunk, values) in layouts.items():
+        rows = _kernel_rows(chunk)
+        assert _kernel_ready(rows), name
+        np.testing.assert_array_equal(rows.astype(np.float32), values, err_msg=name)
+    assert _kernel_rows(base) is base                   # the common case is not copied
+    assert not _kernel_ready(base[:, ::2])
+    assert not _kernel_ready(base.reshape(12, 30, 1))
+    assert not _kernel_ready(base.astype(">f4"))
 
 # ---- failures the checks cannot foresee -----------------------------------------------
 
