@@ -211,6 +211,23 @@ def _flat_targets(targets: np.ndarray):
     return targets.flat
 
 
+def _checked_targets(raw: np.ndarray, n_classes: int, ignore_index: int) -> Tuple[np.ndarray, int]:
+    """(contiguous int64 token ids, index of the first id that is neither in
+    [0, n_classes) nor ignore_index, or -1)."""
+    t = np.ascontiguousarray(raw, dtype=np.int64)
+    limit = t.size
+    if raw.dtype.kind == "u" and raw.dtype.itemsize >= 8:
+        # Ids from 2**63 wrap to negative int64 values, one of which may be
+        # ignore_index: they must be caught before the cast hides them.
+        huge = np.flatnonzero(raw >= np.uint64(2**63))
+        if huge.size:
+            limit = int(huge[0])
+    bad, _, _ = _core.check_targets(t[:limit], n_classes, ignore_index, None)
+    if bad < 0 and limit < t.size:
+        bad = limit
+    return t, int(bad)
+
+
 def _kernel_ready(rows: np.ndarray) -> bool:
     """True if the kernels read ``rows`` as they are: 2-D, native byte order,
     aligned, a contiguous last axis and a whole, non-negative number of
@@ -281,6 +298,8 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     ``entropy`` (mean predictive entropy over scored positions, nats),
     ``vocab``, ``chunk_rows`` and ``positions``.
     """
+    if not -(2**63) <= ignore_index < 2**63:
+        raise EvalError(f"--ignore-index {ignore_index} is outside the int64 range")
     inputs = _input_stats(logits_path, targets_path)
     logits, code, targets = load_inputs(logits_path, targets_path, inputs)
     n_threads = _threads.resolve(threads)
@@ -311,11 +330,10 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
             for start, stop in _chunks(rows, chunk_rows):
                 chunk = rows[start:stop]
                 raw = flat_targets[target_start + start: target_start + stop]
-                t = np.ascontiguousarray(raw, dtype=np.int64)
-                bad, _, _ = _core.check_targets(t, v_size, ignore_index, None)
+                t, bad = _checked_targets(raw, v_size, ignore_index)
                 if bad >= 0:
                     where = np.unravel_index(target_start + start + bad, targets.shape)
-                    raise EvalError(f"token id {int(t[bad])} at TARGETS{[int(i) for i in where]} "
+                    raise EvalError(f"token id {int(raw[bad])} at TARGETS{[int(i) for i in where]} "
                                     f"is out of range [0, {v_size}) and is not --ignore-index "
                                     f"({ignore_index})")
                 stats = _api._token_stats_rows(_kernel_rows(chunk), code, t, ignore_index,

@@ -19,6 +19,7 @@ import reference as ref
 
 OUTSIDE_SOURCE_TREE = tempfile.gettempdir()
 TIMEOUT = 120          # seconds; a run that hangs (a FIFO opened for reading) fails the test
+UINT64_HUGE = 2**64 - 100   # wraps to -100 when cast to int64
 
 
 def run_eval(*args):
@@ -304,6 +305,31 @@ def case_zero_d_targets(d):
     return [d / "one.npy", d / "scalar_t.npy"], "0-d"
 
 
+def case_uint64_id_wraps_to_ignore_index(d):
+    t = np.load(d / "targets.npy").astype(np.uint64)
+    t[0, :2] = 7
+    t[3, 4] = UINT64_HUGE
+    np.save(d / "u64.npy", t)
+    return [d / "logits.npy", d / "u64.npy"], f"token id {UINT64_HUGE} at TARGETS[3, 4]"
+
+
+def case_uint64_first_bad_position_named(d):
+    t = np.load(d / "targets.npy").astype(np.uint64)
+    t[0, :2] = 7
+    t[2, 1] = 2**63
+    t[2, 3] = 999
+    np.save(d / "u64.npy", t)
+    return [d / "logits.npy", d / "u64.npy", "--chunk-rows", 100], f"token id {2**63} at TARGETS[2, 1]"
+
+
+def case_ignore_index_above_int64(d):
+    return [d / "logits.npy", d / "targets.npy", "--ignore-index", 2**63], "--ignore-index"
+
+
+def case_ignore_index_below_int64(d):
+    return [d / "logits.npy", d / "targets.npy", "--ignore-index", -2**63 - 1], "--ignore-index"
+
+
 def case_unreadable(d):
     if os.geteuid() == 0:
         pytest.skip("root reads files whatever their permissions")
@@ -353,6 +379,26 @@ def test_fortran_ordered_3d_targets_with_shift(tmp_path, rng):
     got = np.load(tmp_path / "nll.npy")
     assert got.shape == (2, 3, 6)
     np.testing.assert_allclose(got, nll, rtol=2e-6)
+
+
+def test_uint64_and_big_endian_targets(good):
+    d, logits, targets = good
+    t = np.where(targets == -100, 3, targets)
+    np.save(d / "u64.npy", t.astype(np.uint64))
+    np.save(d / "be.npy", t.astype(">i4"))
+    metrics, _ = expected_numbers(logits, t)
+    for name in ("u64.npy", "be.npy"):
+        check_json(run_eval(d / "logits.npy", d / name, "--json", "--chunk-rows", 5), metrics)
+
+
+def test_ignore_index_at_the_ends_of_int64(good):
+    d, logits, targets = good
+    t = np.where(targets == -100, 3, targets)
+    np.save(d / "t.npy", t)
+    metrics, _ = expected_numbers(logits, t)
+    for ignore in (2**63 - 1, -2**63):
+        check_json(run_eval(d / "logits.npy", d / "t.npy", "--json", "--ignore-index", ignore),
+                   metrics)
 
 
 @pytest.mark.parametrize("dtype", [">f4", ">f8", ">f2"])
