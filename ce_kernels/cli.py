@@ -95,7 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "shape LOGITS.shape[:-1]), streaming the memory-mapped logits in chunks of "
                     "rows. Prints tokens scored and ignored, mean NLL, bits per token, "
                     "perplexity, top-1 accuracy and mean predictive entropy. Bad input is "
-                    "reported on one line with exit status 2.")
+                    "reported on one line with exit status 2; no input is ever modified, and "
+                    "--per-token is replaced atomically, only when the run succeeds.")
     ev.add_argument("logits", metavar="LOGITS", help=".npy file of logits, shape (..., V)")
     ev.add_argument("targets", metavar="TARGETS", help=".npy file of token ids, shape (...)")
     ev.add_argument("--shift", action="store_true",
@@ -129,6 +130,12 @@ def run_eval(args) -> int:
     except MemoryError:
         print("ce-kernels eval: error: out of memory; use a smaller --chunk-rows", file=sys.stderr)
         return 2
+    except OSError as exc:   # an I/O failure past the checks (a disk error while reading)
+        print(f"ce-kernels eval: error: {_escape_line_breaks(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ce-kernels eval: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         clean = {k: (None if isinstance(val, float) and math.isnan(val) else val)
                  for k, val in result.items()}

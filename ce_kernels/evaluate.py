@@ -8,15 +8,18 @@ through the token-statistics kernel once (NLL, argmax, entropy in one pass).
 Inputs are untrusted: only regular files are opened, the .npy header is
 parsed without unpickling or evaluating anything and checked against the
 size of the file before it is mapped, and inputs are only ever mapped
-read-only.
+read-only. The per-token output goes to a temporary file that replaces the
+destination only when the run has succeeded.
 """
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import os
 import stat
 import sys
+import tempfile
 from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -181,6 +184,118 @@ def load_inputs(logits_path: str, targets_path: str,
     return logits, code, targets
 
 
+# ---- the output file ------------------------------------------------------------------
+
+def _output_destination(per_token: str,
+                        inputs: Dict[str, os.stat_result]) -> Tuple[str, Optional[int]]:
+    """(path the output is renamed to, permission bits of the file it
+    replaces or None). Writing through a symbolic link writes its target."""
+    dest = os.path.realpath(per_token)
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise EvalError(f"cannot write --per-token file {per_token}: "
+                        f"{exc.strerror or _oneline(exc)}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise EvalError(f"--per-token {per_token} is a directory; give a file name")
+        for name, input_stat in inputs.items():
+            if _same_file(st, input_stat):
+                raise EvalError(f"--per-token {per_token} is the same file as {name}; "
+                                f"writing it would destroy the input")
+        if not stat.S_ISREG(st.st_mode):
+            raise EvalError(f"--per-token {per_token} is not a regular file "
+                            f"({_file_kind(st.st_mode)})")
+        # A rename would replace a file the user may not write: keep its protection.
+        if not os.access(dest, os.W_OK):
+            raise EvalError(f"cannot write --per-token file {per_token}: Permission denied")
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise EvalError(f"cannot write --per-token file {per_token}: directory {parent} "
+                        f"does not exist")
+    return dest, (stat.S_IMODE(st.st_mode) if st is not None else None)
+
+
+class _AtomicOutput:
+    """A float32 .npy written front to back into a temporary file beside its
+    destination and renamed over it only by ``commit``: a run that fails or
+    is interrupted leaves the destination as it was and no temporary file."""
+
+    def __init__(self, dest: str, shape: Tuple[int, ...], mode: Optional[int], shown: str):
+        self.dest, self.shown = dest, shown
+        self.expected = math.prod(shape)
+        self.written = 0
+        directory, name = os.path.split(dest)
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise self._error(exc) from None
+        try:
+            self.file = open(fd, "wb")
+            if mode is None:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
+            os.fchmod(fd, mode)      # mkstemp's 0600 is for the temporary file only
+            np.lib.format.write_array_header_1_0(
+                self.file, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                            "fortran_order": False, "shape": tuple(shape)})
+            self._reserve(self.file.tell() + 4 * self.expected)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise self._error(exc) from None
+            raise
+
+    def _error(self, exc: OSError) -> EvalError:
+        return EvalError(f"cannot write --per-token file {self.shown}: "
+                         f"{exc.strerror or _oneline(exc)}")
+
+    def _reserve(self, size: int) -> None:
+        """Claim the disk space now, so a full disk stops the run before the work."""
+        if not hasattr(os, "posix_fallocate"):
+            return
+        try:
+            os.posix_fallocate(self.file.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        if start != self.written:
+            raise RuntimeError(f"per-token output written out of order ({start}, {self.written})")
+        try:
+            self.file.write(np.ascontiguousarray(values, dtype="<f4").data)
+        except OSError as exc:
+            raise self._error(exc) from None
+        self.written += values.size
+
+    def commit(self) -> None:
+        if self.written != self.expected:
+            raise RuntimeError(f"per-token output has {self.written} of {self.expected} values")
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.dest)
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def abort(self) -> None:
+        file = getattr(self, "file", None)
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
+
+
 # ---- streaming ----------------------------------------------------------------------
 
 def _segments(logits: np.ndarray, shift: bool) -> Iterator[Tuple[np.ndarray, int, int]]:
@@ -297,10 +412,15 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     (mean, nats), ``bits_per_token``, ``perplexity``, ``accuracy`` (top-1),
     ``entropy`` (mean predictive entropy over scored positions, nats),
     ``vocab``, ``chunk_rows`` and ``positions``.
+
+    ``per_token`` is written atomically: into a temporary file in the same
+    directory, renamed over the destination only when the whole run succeeds.
     """
     if not -(2**63) <= ignore_index < 2**63:
         raise EvalError(f"--ignore-index {ignore_index} is outside the int64 range")
     inputs = _input_stats(logits_path, targets_path)
+    if per_token is not None:
+        dest, dest_mode = _output_destination(per_token, inputs)
     logits, code, targets = load_inputs(logits_path, targets_path, inputs)
     n_threads = _threads.resolve(threads)
     v_size = logits.shape[-1]
@@ -315,14 +435,7 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     scored = ignored = correct = 0
     nll_sum = entropy_sum = 0.0
     total_positions = int(np.prod(out_shape)) if len(out_shape) else 1
-    per_token_out = None
-    if per_token is not None:
-        try:
-            per_token_out = np.lib.format.open_memmap(per_token, mode="w+", dtype=np.float32,
-                                                      shape=out_shape)
-        except OSError as exc:
-            raise EvalError(f"cannot write --per-token file {per_token}: {exc}") from None
-    flat_out = per_token_out.reshape(-1) if per_token_out is not None else None
+    out = _AtomicOutput(dest, out_shape, dest_mode, per_token) if per_token is not None else None
     bar = None
     try:
         bar = _progress(total_positions, progress)
@@ -345,17 +458,20 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
                 nll_sum += float(np.sum(stats.nll[counted], dtype=np.float64))
                 entropy_sum += float(np.sum(stats.entropy[counted], dtype=np.float64))
                 correct += int(np.count_nonzero(stats.correct))
-                if flat_out is not None:
-                    flat_out[out_start + start: out_start + stop] = stats.nll
+                if out is not None:
+                    out.write(out_start + start, stats.nll)
                 _release(chunk)
                 if bar is not None:
                     bar.update(stop - start)
+        if out is not None:
+            out.commit()
+    except BaseException:
+        if out is not None:
+            out.abort()
+        raise
     finally:
         if bar is not None:
             bar.close()
-    if per_token_out is not None:
-        per_token_out.flush()
-        del per_token_out
     mean_nll = nll_sum / scored if scored else math.nan
     return {
         "tokens": scored,

@@ -2,7 +2,7 @@
 line: every refusal is one line on stderr and exit status 2, nothing hangs,
 nothing is unpickled, and no input is ever modified. Files laid out in
 unusual ways but holding valid data are scored correctly (checked against a
-float64 NumPy computation)."""
+float64 NumPy computation), and --per-token output is replaced atomically."""
 import hashlib
 import json
 import os
@@ -337,6 +337,56 @@ def case_unreadable(d):
     return [d / "logits.npy", d / "targets.npy"], "Permission denied"
 
 
+def case_output_is_logits(d):
+    return [d / "logits.npy", d / "targets.npy", "--per-token", d / "logits.npy"], "same file as LOGITS"
+
+
+def case_output_is_targets(d):
+    return [d / "logits.npy", d / "targets.npy", "--per-token", d / "targets.npy"], "same file as TARGETS"
+
+
+def case_output_is_logits_by_another_name(d):
+    return [d / "logits.npy", d / "targets.npy", "--per-token", d / "." / "logits.npy"], "same file as LOGITS"
+
+
+def case_output_symlink_to_logits(d):
+    os.symlink(d / "logits.npy", d / "link.npy")
+    return [d / "logits.npy", d / "targets.npy", "--per-token", d / "link.npy"], "same file as LOGITS"
+
+
+def case_input_symlink_output_real(d):
+    os.symlink(d / "logits.npy", d / "link.npy")
+    return [d / "link.npy", d / "targets.npy", "--per-token", d / "logits.npy"], "same file as LOGITS"
+
+
+def case_output_hard_link_to_logits(d):
+    os.link(d / "logits.npy", d / "hard.npy")
+    return [d / "logits.npy", d / "targets.npy", "--per-token", d / "hard.npy"], "same file as LOGITS"
+
+
+def case_output_is_directory(d):
+    (d / "outdir").mkdir()
+    return [d / "logits.npy", d / "targets.npy", "--per-token", d / "outdir"], "is a directory"
+
+
+def case_output_in_missing_directory(d):
+    return ([d / "logits.npy", d / "targets.npy", "--per-token", d / "no" / "such" / "out.npy"],
+            "does not exist")
+
+
+def case_output_read_only(d):
+    if os.geteuid() == 0:
+        pytest.skip("root writes files whatever their permissions")
+    np.save(d / "nll.npy", np.arange(3.0))
+    (d / "nll.npy").chmod(0o444)
+    return [d / "logits.npy", d / "targets.npy", "--per-token", d / "nll.npy"], "Permission denied"
+
+
+def case_output_is_fifo(d):
+    os.mkfifo(d / "out.fifo")
+    return [d / "logits.npy", d / "targets.npy", "--per-token", d / "out.fifo"], "not a regular file"
+
+
 BAD_CASES = {name[len("case_"):]: fn for name, fn in sorted(globals().items())
              if name.startswith("case_")}
 
@@ -458,6 +508,83 @@ def test_kernel_rows_accepts_only_what_the_kernels_read(rng):
     assert not _kernel_ready(base.reshape(12, 30, 1))
     assert not _kernel_ready(base.astype(">f4"))
 
+
+# ---- --per-token: written atomically --------------------------------------------------
+
+def test_failed_run_keeps_existing_output_and_leaves_no_temp(good):
+    """The out-of-range id sits in the last chunk: the run fails after having
+    written the output of earlier chunks, and the old output survives."""
+    d, logits, targets = good
+    t = targets.astype(np.uint64)
+    t[0, :2] = 1
+    t[3, 5] = UINT64_HUGE
+    np.save(d / "u64.npy", t)
+    old = np.arange(5, dtype=np.float64)
+    np.save(d / "nll.npy", old)
+    before = snapshot(d)
+    proc = run_eval(d / "logits.npy", d / "u64.npy", "--chunk-rows", 1, "--per-token", d / "nll.npy")
+    assert_one_line_error(proc, "TARGETS[3, 5]")
+    assert snapshot(d) == before
+    np.testing.assert_array_equal(np.load(d / "nll.npy"), old)
+
+
+def test_successful_run_replaces_existing_output(good):
+    d, logits, targets = good
+    np.save(d / "nll.npy", np.arange(5.0))
+    os.chmod(d / "nll.npy", 0o640)
+    metrics, nll = expected_numbers(logits, targets)
+    check_json(run_eval(d / "logits.npy", d / "targets.npy", "--json", "--chunk-rows", 5,
+                        "--per-token", d / "nll.npy"), metrics)
+    got = np.load(d / "nll.npy")
+    assert got.dtype == np.float32 and got.shape == (4, 6)
+    np.testing.assert_allclose(got, nll, rtol=2e-6)
+    assert stat.S_IMODE(os.stat(d / "nll.npy").st_mode) == 0o640
+    assert sorted(os.listdir(d)) == ["logits.npy", "nll.npy", "targets.npy"]
+
+
+def test_new_output_gets_the_usual_permissions(good):
+    d, logits, targets = good
+    proc = run_eval(d / "logits.npy", d / "targets.npy", "--per-token", d / "nll.npy")
+    assert proc.returncode == 0, proc.stderr
+    mask = os.umask(0)
+    os.umask(mask)
+    assert stat.S_IMODE(os.stat(d / "nll.npy").st_mode) == 0o666 & ~mask
+
+
+def test_output_through_a_symlink_writes_its_target(good):
+    d, logits, targets = good
+    (d / "results").mkdir()
+    os.symlink(d / "results" / "nll.npy", d / "link.npy")
+    proc = run_eval(d / "logits.npy", d / "targets.npy", "--per-token", d / "link.npy")
+    assert proc.returncode == 0, proc.stderr
+    assert os.path.islink(d / "link.npy")
+    np.testing.assert_allclose(np.load(d / "results" / "nll.npy"),
+                               expected_numbers(logits, targets)[1], rtol=2e-6)
+
+
+def test_interrupted_run_removes_its_temporary_file(good, monkeypatch):
+    from ce_kernels import _api, evaluate
+
+    d, logits, targets = good
+    np.save(d / "nll.npy", np.arange(3.0))
+    before = snapshot(d)
+    real = _api._token_stats_rows
+    calls = []
+
+    def interrupted(*args):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(_api, "_token_stats_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        evaluate.evaluate(str(d / "logits.npy"), str(d / "targets.npy"), chunk_rows=4,
+                          per_token=str(d / "nll.npy"), progress=False)
+    assert len(calls) == 3
+    assert snapshot(d) == before
+
+
 # ---- failures the checks cannot foresee -----------------------------------------------
 
 def test_permission_denied_is_an_eval_error(good, monkeypatch):
@@ -489,3 +616,21 @@ def test_unexpected_loading_failure_is_an_eval_error(good, monkeypatch, exc):
     monkeypatch.setattr(np, "memmap", failing_memmap)
     with pytest.raises(evaluate.EvalError, match="cannot read LOGITS file"):
         evaluate.evaluate(str(d / "logits.npy"), str(d / "targets.npy"), progress=False)
+
+
+@pytest.mark.parametrize("exc, status, line", [
+    (KeyboardInterrupt(), 130, "ce-kernels eval: interrupted"),
+    (OSError(5, "Input/output error"), 2, "ce-kernels eval: error: [Errno 5] Input/output error"),
+])
+def test_cli_reports_interrupts_and_late_io_errors_on_one_line(good, monkeypatch, capsys,
+                                                                 exc, status, line):
+    from ce_kernels import cli, evaluate
+
+    d = good[0]
+
+    def failing(*args, **kwargs):
+        raise exc
+
+    monkeypatch.setattr(evaluate, "evaluate", failing)
+    assert cli.main(["eval", str(d / "logits.npy"), str(d / "targets.npy")]) == status
+    assert capsys.readouterr().err.splitlines() == [line]
