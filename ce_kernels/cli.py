@@ -30,12 +30,42 @@ def positive_int(text: str) -> int:
     return value
 
 
+def int64(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is outside the int64 range "
+                                         f"[-2**63, 2**63 - 1] that token ids are compared in")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """With ``one_line_errors``, a bad argument is reported on a single line
+    (``PROG: error: ...``), like every other error of that command."""
+
+    def __init__(self, *args, one_line_errors: bool = False, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.one_line_errors = one_line_errors
+
+    def error(self, message):
+        if not self.one_line_errors:
+            super().error(message)
+        self.exit(2, f"{self.prog}: error: {_escape_line_breaks(message)} "
+                     f"(see {self.prog} --help)\n")
+
+
+def _escape_line_breaks(text: str) -> str:
+    return str(text).replace("\r", "\\r").replace("\n", "\\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ce-kernels",
         description="Fused softmax cross-entropy kernels: benchmarks and tools.")
     parser.add_argument("--version", action="version", version=f"ce_kernels {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     bench = sub.add_parser(
         "bench", help="time ce_kernels against NumPy, PyTorch and the memory floor",
@@ -59,18 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "(needs matplotlib)")
 
     ev = sub.add_parser(
-        "eval", help="score a saved logits file against token ids",
+        "eval", one_line_errors=True, help="score a saved logits file against token ids",
         description="Scores LOGITS (.npy of shape (..., V): float16, bfloat16 as saved by "
                     "ml_dtypes, float32 or float64) against TARGETS (.npy of integer token ids of "
                     "shape LOGITS.shape[:-1]), streaming the memory-mapped logits in chunks of "
                     "rows. Prints tokens scored and ignored, mean NLL, bits per token, "
-                    "perplexity, top-1 accuracy and mean predictive entropy.")
+                    "perplexity, top-1 accuracy and mean predictive entropy. Bad input is "
+                    "reported on one line with exit status 2; no input is ever modified, and "
+                    "--per-token is replaced atomically, only when the run succeeds.")
     ev.add_argument("logits", metavar="LOGITS", help=".npy file of logits, shape (..., V)")
     ev.add_argument("targets", metavar="TARGETS", help=".npy file of token ids, shape (...)")
     ev.add_argument("--shift", action="store_true",
                     help="next-token scoring: position t is scored against token t+1 along the "
                          "sequence axis (the second-to-last axis of LOGITS)")
-    ev.add_argument("--ignore-index", type=int, default=-100, metavar="N",
+    ev.add_argument("--ignore-index", type=int64, default=-100, metavar="N",
                     help="token id that marks positions not to score (default -100)")
     ev.add_argument("--chunk-rows", type=positive_int, default=None, metavar="K",
                     help="positions per chunk (default: about 256 MB of logits)")
@@ -93,11 +125,17 @@ def run_eval(args) -> int:
                           ignore_index=args.ignore_index, chunk_rows=args.chunk_rows,
                           threads=args.threads, per_token=args.per_token)
     except EvalError as exc:
-        print(f"ce-kernels eval: error: {exc}", file=sys.stderr)
+        print(f"ce-kernels eval: error: {_escape_line_breaks(exc)}", file=sys.stderr)
         return 2
     except MemoryError:
         print("ce-kernels eval: error: out of memory; use a smaller --chunk-rows", file=sys.stderr)
         return 2
+    except OSError as exc:   # an I/O failure past the checks (a disk error while reading)
+        print(f"ce-kernels eval: error: {_escape_line_breaks(exc)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ce-kernels eval: interrupted", file=sys.stderr)
+        return 130
     if args.json:
         clean = {k: (None if isinstance(val, float) and math.isnan(val) else val)
                  for k, val in result.items()}

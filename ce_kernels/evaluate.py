@@ -4,13 +4,22 @@ The logits file is memory-mapped and streamed in chunks of rows; pages of a
 finished chunk are handed back to the operating system, so the resident
 memory stays near one chunk whatever the size of the file. Each chunk goes
 through the token-statistics kernel once (NLL, argmax, entropy in one pass).
+
+Inputs are untrusted: only regular files are opened, the .npy header is
+parsed without unpickling or evaluating anything and checked against the
+size of the file before it is mapped, and inputs are only ever mapped
+read-only. The per-token output goes to a temporary file that replaces the
+destination only when the run has succeeded.
 """
 from __future__ import annotations
 
+import errno
 import math
 import mmap
 import os
+import stat
 import sys
+import tempfile
 from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
@@ -30,20 +39,97 @@ class EvalError(Exception):
 
 # ---- loading ------------------------------------------------------------------------
 
-def _open_npy(path: str, what: str) -> np.ndarray:
-    if not os.path.exists(path):
-        raise EvalError(f"{what} file not found: {path}")
-    if os.path.isdir(path):
-        raise EvalError(f"{what} is a directory, not a .npy file: {path}")
-    if os.path.getsize(path) == 0:
-        raise EvalError(f"{what} file is empty: {path}")
-    with open(path, "rb") as f:
-        if f.read(6) != b"\x93NUMPY":
-            raise EvalError(f"{what} is not a .npy file (no NumPy header): {path}")
+def _oneline(exc: BaseException, limit: int = 200) -> str:
+    """An exception's message on one short line (headers of hostile files can
+    put anything in it)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+def _file_kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return name
+    return "a special file"
+
+
+def _regular_file(path: str, what: str) -> os.stat_result:
+    """stat() of an input that must be a regular file. Nothing is opened: a
+    FIFO would block the open, and a device such as /dev/zero never ends."""
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except Exception as exc:  # not a .npy, truncated, object arrays...
-        raise EvalError(f"{what} is not a readable .npy file: {path} ({exc})") from None
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise EvalError(f"{what} file not found: {path}") from None
+    except OSError as exc:
+        raise EvalError(f"cannot read {what} file {path}: {exc.strerror or _oneline(exc)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise EvalError(f"{what} is a directory, not a .npy file: {path}")
+    if not stat.S_ISREG(st.st_mode):
+        raise EvalError(f"{what} is not a regular file ({_file_kind(st.st_mode)}): {path}")
+    return st
+
+
+def _same_file(a: os.stat_result, b: os.stat_result) -> bool:
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0,
+                   (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _open_npy(path: str, what: str, expected: os.stat_result) -> Tuple[np.ndarray, bool]:
+    """(read-only memory map of the .npy at ``path``, whether it is stored in
+    Fortran order). The header is parsed without evaluating code and checked
+    against the size of the file before anything is mapped; object and
+    structured dtypes and 0-d arrays are refused."""
+    # O_NONBLOCK: should the path have been swapped for a FIFO since stat(),
+    # the open returns at once and the fstat() below refuses it.
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as exc:
+        raise EvalError(f"cannot read {what} file {path}: {exc.strerror or _oneline(exc)}") from None
+    with open(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or not _same_file(st, expected):
+            raise EvalError(f"{what} was replaced while it was being opened: {path}")
+        if st.st_size == 0:
+            raise EvalError(f"{what} file is empty: {path}")
+        try:
+            version = np.lib.format.read_magic(f)
+        except ValueError:
+            raise EvalError(f"{what} is not a .npy file (no NumPy header): {path}") from None
+        reader = _HEADER_READERS.get(version)
+        if reader is None:
+            raise EvalError(f"{what} uses .npy format version {version[0]}.{version[1]}, which is "
+                            f"not supported (1.0 and 2.0 are): {path}")
+        try:
+            shape, fortran_order, dtype = reader(f)
+        except Exception as exc:  # whatever a malformed header makes the parser raise
+            raise EvalError(f"{what} has a bad .npy header: {path} ({_oneline(exc)})") from None
+        if not all(type(n) is int and n >= 0 for n in shape):
+            raise EvalError(f"{what} has a bad .npy header: {path} (shape {shape})")
+        if dtype.hasobject:
+            raise EvalError(f"{what} holds Python objects (dtype object), which are never "
+                            f"unpickled; save numbers: {path}")
+        if dtype.fields is not None or dtype.subdtype is not None:
+            raise EvalError(f"{what} has a structured dtype {dtype}; save a plain numeric array: "
+                            f"{path}")
+        if not shape:
+            raise EvalError(f"{what} is a 0-d array; save a single position as LOGITS of shape "
+                            f"(1, V) and TARGETS of shape (1,): {path}")
+        offset = f.tell()
+        needed = math.prod(shape) * dtype.itemsize    # Python ints: no overflow
+        held = st.st_size - offset
+        if needed > held:
+            raise EvalError(f"{what} is truncated: its header promises {needed} bytes of data "
+                            f"(shape {shape}, {dtype}), the file holds {held}: {path}")
+        order = "F" if fortran_order else "C"
+        if needed == 0:
+            return np.empty(shape, dtype=dtype, order=order), fortran_order
+        return (np.memmap(f, dtype=dtype, mode="r", offset=offset, shape=shape, order=order),
+                fortran_order)
 
 
 def _logits_dtype_code(arr: np.ndarray, path: str) -> int:
@@ -61,12 +147,32 @@ def _logits_dtype_code(arr: np.ndarray, path: str) -> int:
                     f"float32 or float64")
 
 
-def load_inputs(logits_path: str, targets_path: str) -> Tuple[np.ndarray, int, np.ndarray]:
+def _input_stats(logits_path: str, targets_path: str) -> Dict[str, os.stat_result]:
+    return {"LOGITS": _regular_file(logits_path, "LOGITS"),
+            "TARGETS": _regular_file(targets_path, "TARGETS")}
+
+
+def load_inputs(logits_path: str, targets_path: str,
+                stats: Optional[Dict[str, os.stat_result]] = None
+                ) -> Tuple[np.ndarray, int, np.ndarray]:
     """(logits memmap, kernel dtype code, targets memmap), checked."""
-    logits = _open_npy(logits_path, "LOGITS")
-    targets = _open_npy(targets_path, "TARGETS")
+    if stats is None:
+        stats = _input_stats(logits_path, targets_path)
+    opened = {}
+    for what, path in (("LOGITS", logits_path), ("TARGETS", targets_path)):
+        try:
+            opened[what] = _open_npy(path, what, stats[what])
+        except (OSError, ValueError) as exc:   # what the checks above did not foresee
+            raise EvalError(f"cannot read {what} file {path}: {_oneline(exc)}") from None
+    (logits, logits_fortran), (targets, _) = opened["LOGITS"], opened["TARGETS"]
     code = _logits_dtype_code(logits, logits_path)
-    if logits.ndim < 1 or logits.shape[-1] == 0:
+    if logits_fortran and logits.ndim >= 2:
+        # Rows of a column-major file are scattered over all of it: streaming
+        # by rows would touch every page for every chunk.
+        raise EvalError(f"LOGITS is stored in Fortran (column-major) order and cannot be streamed "
+                        f"by rows; rewrite it once in C order with np.save(path, "
+                        f"np.ascontiguousarray(a)): {logits_path}")
+    if logits.shape[-1] == 0:
         raise EvalError(f"LOGITS must have shape (..., V) with V >= 1, got {logits.shape}")
     if targets.dtype.kind not in "iu":
         raise EvalError(f"TARGETS must hold integer token ids, got dtype {targets.dtype}")
@@ -75,32 +181,189 @@ def load_inputs(logits_path: str, targets_path: str) -> Tuple[np.ndarray, int, n
                         f"(the shape of LOGITS without its last axis)")
     if logits.size == 0:
         raise EvalError(f"LOGITS holds no positions (shape {logits.shape})")
-    if not logits.dtype.isnative and logits.dtype.kind == "f":
-        raise EvalError("LOGITS is stored in non-native byte order; convert it with "
-                        "arr.astype(arr.dtype.newbyteorder('='))")
     return logits, code, targets
+
+
+# ---- the output file ------------------------------------------------------------------
+
+def _output_destination(per_token: str,
+                        inputs: Dict[str, os.stat_result]) -> Tuple[str, Optional[int]]:
+    """(path the output is renamed to, permission bits of the file it
+    replaces or None). Writing through a symbolic link writes its target."""
+    dest = os.path.realpath(per_token)
+    try:
+        st = os.stat(dest)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise EvalError(f"cannot write --per-token file {per_token}: "
+                        f"{exc.strerror or _oneline(exc)}") from None
+    if st is not None:
+        if stat.S_ISDIR(st.st_mode):
+            raise EvalError(f"--per-token {per_token} is a directory; give a file name")
+        for name, input_stat in inputs.items():
+            if _same_file(st, input_stat):
+                raise EvalError(f"--per-token {per_token} is the same file as {name}; "
+                                f"writing it would destroy the input")
+        if not stat.S_ISREG(st.st_mode):
+            raise EvalError(f"--per-token {per_token} is not a regular file "
+                            f"({_file_kind(st.st_mode)})")
+        # A rename would replace a file the user may not write: keep its protection.
+        if not os.access(dest, os.W_OK):
+            raise EvalError(f"cannot write --per-token file {per_token}: Permission denied")
+    parent = os.path.dirname(dest)
+    if not os.path.isdir(parent):
+        raise EvalError(f"cannot write --per-token file {per_token}: directory {parent} "
+                        f"does not exist")
+    return dest, (stat.S_IMODE(st.st_mode) if st is not None else None)
+
+
+class _AtomicOutput:
+    """A float32 .npy written front to back into a temporary file beside its
+    destination and renamed over it only by ``commit``: a run that fails or
+    is interrupted leaves the destination as it was and no temporary file."""
+
+    def __init__(self, dest: str, shape: Tuple[int, ...], mode: Optional[int], shown: str):
+        self.dest, self.shown = dest, shown
+        self.expected = math.prod(shape)
+        self.written = 0
+        directory, name = os.path.split(dest)
+        try:
+            fd, self.tmp = tempfile.mkstemp(prefix=f".{name}.", suffix=".tmp", dir=directory)
+        except OSError as exc:
+            raise self._error(exc) from None
+        try:
+            self.file = open(fd, "wb")
+            if mode is None:
+                umask = os.umask(0)
+                os.umask(umask)
+                mode = 0o666 & ~umask
+            os.fchmod(fd, mode)      # mkstemp's 0600 is for the temporary file only
+            np.lib.format.write_array_header_1_0(
+                self.file, {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                            "fortran_order": False, "shape": tuple(shape)})
+            self._reserve(self.file.tell() + 4 * self.expected)
+        except BaseException as exc:
+            self.abort()
+            if isinstance(exc, OSError):
+                raise self._error(exc) from None
+            raise
+
+    def _error(self, exc: OSError) -> EvalError:
+        return EvalError(f"cannot write --per-token file {self.shown}: "
+                         f"{exc.strerror or _oneline(exc)}")
+
+    def _reserve(self, size: int) -> None:
+        """Claim the disk space now, so a full disk stops the run before the work."""
+        if not hasattr(os, "posix_fallocate"):
+            return
+        try:
+            os.posix_fallocate(self.file.fileno(), 0, size)
+        except OSError as exc:
+            if exc.errno not in (errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                raise
+
+    def write(self, start: int, values: np.ndarray) -> None:
+        if start != self.written:
+            raise RuntimeError(f"per-token output written out of order ({start}, {self.written})")
+        try:
+            self.file.write(np.ascontiguousarray(values, dtype="<f4").data)
+        except OSError as exc:
+            raise self._error(exc) from None
+        self.written += values.size
+
+    def commit(self) -> None:
+        if self.written != self.expected:
+            raise RuntimeError(f"per-token output has {self.written} of {self.expected} values")
+        try:
+            self.file.flush()
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self.tmp, self.dest)
+        except OSError as exc:
+            raise self._error(exc) from None
+
+    def abort(self) -> None:
+        file = getattr(self, "file", None)
+        if file is not None:
+            try:
+                file.close()
+            except OSError:
+                pass
+        try:
+            os.unlink(self.tmp)
+        except OSError:
+            pass
 
 
 # ---- streaming ----------------------------------------------------------------------
 
-def _segments(logits: np.ndarray, targets: np.ndarray, shift: bool):
-    """(2-D rows of logits, 1-D targets, flat index of their first position in
-    the output) for each contiguous run of scored positions. With ``shift``,
-    position t of each sequence (the second-to-last axis) is scored against
-    token t + 1, and the last position of each sequence is not scored."""
+def _segments(logits: np.ndarray, shift: bool) -> Iterator[Tuple[np.ndarray, int, int]]:
+    """(2-D rows of logits, flat index into TARGETS of the token scored by
+    their first row, flat index of their first position in the output) for
+    each contiguous run of scored positions. With ``shift``, position t of
+    each sequence (the second-to-last axis) is scored against token t + 1,
+    and the last position of each sequence is not scored. Checked when
+    called, before any output exists."""
     v_size = logits.shape[-1]
     if not shift:
-        yield logits.reshape(-1, v_size), targets.reshape(-1), 0
-        return
+        return iter([(logits.reshape(-1, v_size), 0, 0)])
     if logits.ndim < 2:
         raise EvalError("--shift needs a sequence axis: LOGITS of shape (..., T, V)")
     seq = logits.shape[-2]
     if seq < 2:
         raise EvalError("--shift needs sequences of at least 2 positions")
     lead = logits.reshape(-1, seq, v_size)
-    lead_targets = targets.reshape(-1, seq)
-    for b in range(lead.shape[0]):
-        yield lead[b, :-1], lead_targets[b, 1:], b * (seq - 1)
+    return ((lead[b, :-1], b * seq + 1, b * (seq - 1)) for b in range(lead.shape[0]))
+
+
+def _flat_targets(targets: np.ndarray):
+    """TARGETS sliceable by flat position in logical (C) order without
+    reading all of it: a view when it is C-ordered, else its flat iterator
+    (a Fortran-ordered file), whose slices gather just those positions."""
+    if targets.flags.c_contiguous:
+        return targets.reshape(-1)
+    return targets.flat
+
+
+def _checked_targets(raw: np.ndarray, n_classes: int, ignore_index: int) -> Tuple[np.ndarray, int]:
+    """(contiguous int64 token ids, index of the first id that is neither in
+    [0, n_classes) nor ignore_index, or -1)."""
+    t = np.ascontiguousarray(raw, dtype=np.int64)
+    limit = t.size
+    if raw.dtype.kind == "u" and raw.dtype.itemsize >= 8:
+        # Ids from 2**63 wrap to negative int64 values, one of which may be
+        # ignore_index: they must be caught before the cast hides them.
+        huge = np.flatnonzero(raw >= np.uint64(2**63))
+        if huge.size:
+            limit = int(huge[0])
+    bad, _, _ = _core.check_targets(t[:limit], n_classes, ignore_index, None)
+    if bad < 0 and limit < t.size:
+        bad = limit
+    return t, int(bad)
+
+
+def _kernel_ready(rows: np.ndarray) -> bool:
+    """True if the kernels read ``rows`` as they are: 2-D, native byte order,
+    aligned, a contiguous last axis and a whole, non-negative number of
+    elements between rows."""
+    if rows.ndim != 2:
+        return False
+    itemsize = rows.dtype.itemsize
+    return (rows.dtype.isnative and rows.flags.aligned
+            and (rows.shape[1] <= 1 or rows.strides[1] == itemsize)
+            and (rows.shape[0] <= 1 or (rows.strides[0] >= 0 and rows.strides[0] % itemsize == 0)))
+
+
+def _kernel_rows(chunk: np.ndarray) -> np.ndarray:
+    """``chunk`` itself when the kernels can read it, else a contiguous
+    native copy of this chunk only (big-endian or misaligned files)."""
+    if not _kernel_ready(chunk):
+        chunk = np.array(chunk, dtype=chunk.dtype.newbyteorder("="), order="C")
+    if not _kernel_ready(chunk):
+        raise RuntimeError(f"internal error: rows of shape {chunk.shape}, strides "
+                           f"{chunk.strides}, dtype {chunk.dtype} cannot go to the kernels")
+    return chunk
 
 
 def _release(arr: np.ndarray) -> None:
@@ -149,8 +412,16 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     (mean, nats), ``bits_per_token``, ``perplexity``, ``accuracy`` (top-1),
     ``entropy`` (mean predictive entropy over scored positions, nats),
     ``vocab``, ``chunk_rows`` and ``positions``.
+
+    ``per_token`` is written atomically: into a temporary file in the same
+    directory, renamed over the destination only when the whole run succeeds.
     """
-    logits, code, targets = load_inputs(logits_path, targets_path)
+    if not -(2**63) <= ignore_index < 2**63:
+        raise EvalError(f"--ignore-index {ignore_index} is outside the int64 range")
+    inputs = _input_stats(logits_path, targets_path)
+    if per_token is not None:
+        dest, dest_mode = _output_destination(per_token, inputs)
+    logits, code, targets = load_inputs(logits_path, targets_path, inputs)
     n_threads = _threads.resolve(threads)
     v_size = logits.shape[-1]
     if chunk_rows is None:
@@ -158,47 +429,49 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     out_shape = logits.shape[:-1]
     if shift:
         out_shape = out_shape[:-1] + (out_shape[-1] - 1,) if len(out_shape) >= 1 else out_shape
-    per_token_out = None
-    if per_token is not None:
-        try:
-            per_token_out = np.lib.format.open_memmap(per_token, mode="w+", dtype=np.float32,
-                                                      shape=out_shape)
-        except OSError as exc:
-            raise EvalError(f"cannot write --per-token file {per_token}: {exc}") from None
-    flat_out = per_token_out.reshape(-1) if per_token_out is not None else None
+    segments = _segments(logits, shift)
+    flat_targets = _flat_targets(targets)
 
     scored = ignored = correct = 0
     nll_sum = entropy_sum = 0.0
     total_positions = int(np.prod(out_shape)) if len(out_shape) else 1
-    bar = _progress(total_positions, progress)
-    for rows, row_targets, out_start in _segments(logits, targets, shift):
-        for start, stop in _chunks(rows, chunk_rows):
-            chunk = rows[start:stop]
-            t = np.ascontiguousarray(row_targets[start:stop], dtype=np.int64)
-            bad, _, _ = _core.check_targets(t, v_size, ignore_index, None)
-            if bad >= 0:
-                flat = out_start + start + bad
-                where = _target_position(flat, targets.shape, shift)
-                raise EvalError(f"token id {int(t[bad])} at TARGETS{list(where)} is out of range "
-                                f"[0, {v_size}) and is not --ignore-index ({ignore_index})")
-            stats = _api._token_stats_rows(chunk, code, t, ignore_index, n_threads)
-            counted = t != ignore_index
-            n_counted = int(np.count_nonzero(counted))
-            scored += n_counted
-            ignored += t.size - n_counted
-            nll_sum += float(np.sum(stats.nll[counted], dtype=np.float64))
-            entropy_sum += float(np.sum(stats.entropy[counted], dtype=np.float64))
-            correct += int(np.count_nonzero(stats.correct))
-            if flat_out is not None:
-                flat_out[out_start + start: out_start + stop] = stats.nll
-            _release(chunk)
-            if bar is not None:
-                bar.update(stop - start)
-    if bar is not None:
-        bar.close()
-    if per_token_out is not None:
-        per_token_out.flush()
-        del per_token_out
+    out = _AtomicOutput(dest, out_shape, dest_mode, per_token) if per_token is not None else None
+    bar = None
+    try:
+        bar = _progress(total_positions, progress)
+        for rows, target_start, out_start in segments:
+            for start, stop in _chunks(rows, chunk_rows):
+                chunk = rows[start:stop]
+                raw = flat_targets[target_start + start: target_start + stop]
+                t, bad = _checked_targets(raw, v_size, ignore_index)
+                if bad >= 0:
+                    where = np.unravel_index(target_start + start + bad, targets.shape)
+                    raise EvalError(f"token id {int(raw[bad])} at TARGETS{[int(i) for i in where]} "
+                                    f"is out of range [0, {v_size}) and is not --ignore-index "
+                                    f"({ignore_index})")
+                stats = _api._token_stats_rows(_kernel_rows(chunk), code, t, ignore_index,
+                                               n_threads)
+                counted = t != ignore_index
+                n_counted = int(np.count_nonzero(counted))
+                scored += n_counted
+                ignored += t.size - n_counted
+                nll_sum += float(np.sum(stats.nll[counted], dtype=np.float64))
+                entropy_sum += float(np.sum(stats.entropy[counted], dtype=np.float64))
+                correct += int(np.count_nonzero(stats.correct))
+                if out is not None:
+                    out.write(out_start + start, stats.nll)
+                _release(chunk)
+                if bar is not None:
+                    bar.update(stop - start)
+        if out is not None:
+            out.commit()
+    except BaseException:
+        if out is not None:
+            out.abort()
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
     mean_nll = nll_sum / scored if scored else math.nan
     return {
         "tokens": scored,
@@ -212,15 +485,3 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
         "positions": total_positions,
         "chunk_rows": chunk_rows,
     }
-
-
-def _target_position(flat_scored: int, target_shape: Tuple[int, ...], shift: bool):
-    """Index into TARGETS of the flat scored position (shifted by one token
-    along the sequence axis with --shift)."""
-    if not shift:
-        return [int(i) for i in np.unravel_index(flat_scored, target_shape)]
-    seq = target_shape[-1]
-    lead_shape = target_shape[:-1]
-    b, t = divmod(flat_scored, seq - 1)
-    lead = [int(i) for i in np.unravel_index(b, lead_shape)] if lead_shape else []
-    return lead + [t + 1]
