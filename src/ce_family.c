@@ -29,11 +29,17 @@ static inline void store_elem(void *base, int64_t idx, double value, ce_dtype dt
 /* ---- distributions ------------------------------------------------------ */
 
 /* p * log(p / q) with the conventions 0 * log(0 / q) = 0 and
- * p * log(p / 0) = +inf for p > 0. */
+ * p * log(p / 0) = +inf for p > 0. The ratio keeps nearly equal p and q
+ * from cancelling; where it overflows or underflows (a subnormal q or p)
+ * the logarithms are subtracted instead, which is then exact enough. */
 static inline double rel_entr(double p, double q)
 {
     if (p == 0.0 && q >= 0.0) return 0.0;
-    if (p > 0.0 && q > 0.0) return p * log(p / q);
+    if (p > 0.0 && q > 0.0) {
+        const double ratio = p / q;
+        if (ratio > 0.0 && ratio < INFINITY) return p * log(ratio);
+        return p * (log(p) - log(q));
+    }
     if (p > 0.0 && q == 0.0) return INFINITY;
     return NAN;  /* a negative entry or NaN (validation reports it) */
 }
@@ -119,6 +125,9 @@ static inline double softplus_neg(double x)
     return log1p(exp(-fabs(x))) + (x < 0.0 ? -x : 0.0);
 }
 
+/* log(1 + exp(x)) = softplus_neg(-x). */
+static inline double softplus(double x) { return softplus_neg(-x); }
+
 /* 1 / (1 + exp(x)) = sigmoid(-x), stably. */
 static inline double sigmoid_neg(double x)
 {
@@ -150,14 +159,20 @@ static void bce_row(const ce_bce_problem *pr, int64_t r)
         double loss;
         if (pr->mode == CE_BCE_LOGITS) {
             const double pw = strided_value(&pr->pos_weight, r, j, pr->dtype);
-            const double log_weight = 1.0 + (pw - 1.0) * yj;
-            loss = w * ((1.0 - yj) * xj + log_weight * softplus_neg(xj));
+            /* -[pw y log sigmoid(x) + (1 - y) log sigmoid(-x)] as a sum of
+             * two non-negative terms (for y in [0, 1]): nothing cancels, so
+             * a loss of 4e-18 at x = -40, y = 0 keeps every digit. The
+             * gradient likewise: (1 - y) sigmoid(x) - pw y sigmoid(-x). */
+            const double pos = pw * yj, neg = 1.0 - yj;
+            loss = w * ((pos != 0.0 ? pos * softplus_neg(xj) : 0.0) +
+                        (neg != 0.0 ? neg * softplus(xj) : 0.0));
             if (grad) {
                 const double g = pr->grad_output.data
                                      ? ((const double *)pr->grad_output.data)[r * pr->grad_output.row_stride +
                                                                              j * pr->grad_output.col_stride]
                                      : 1.0;
-                const double d = w * ((1.0 - yj) - log_weight * sigmoid_neg(xj));
+                const double d = w * ((neg != 0.0 ? neg * sigmoid_neg(-xj) : 0.0) -
+                                      (pos != 0.0 ? pos * sigmoid_neg(xj) : 0.0));
                 store_elem(grad, j, d * pr->grad_scale * g, pr->dtype);
             }
         } else {

@@ -419,6 +419,15 @@ static double row_sumexp(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
     return sum;
 }
 
+static int row_has_nan(const ce_plan *pl, int64_t r)
+{
+    const ce_problem *p = pl->p;
+    const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+    for (int64_t j = 0; j < p->n_cols; ++j)
+        if (isnan(load_as_double(x, j, p->dtype))) return 1;
+    return 0;
+}
+
 /* Merges the chunk stats of row r in chunk order, prepares sweep 2 and,
  * when result is not NULL, stores the row's loss or log-sum-exp there. */
 static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
@@ -437,9 +446,17 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         asum += st[c].asum;
         if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
     }
-    double sum = row_sumexp(pl, r, st, m, 0);
-    row->reread = sum < CE_EXACT_SUM_BELOW;
-    if (row->reread) sum = row_sumexp(pl, r, st, m, 1);
+    double sum;
+    row->reread = 0;
+    if (m == INFINITY) {
+        /* exp(x - inf) means nothing: a row holding +inf has log-sum-exp
+         * +inf (NaN if it also holds a NaN), as in NumPy and SciPy. */
+        sum = row_has_nan(pl, r) ? NAN : 1.0;
+    } else {
+        sum = row_sumexp(pl, r, st, m, 0);
+        row->reread = sum < CE_EXACT_SUM_BELOW;
+        if (row->reread) sum = row_sumexp(pl, r, st, m, 1);
+    }
     const double log_sum = log(sum);
     row->ignored = 0;
     row->max = m;
@@ -506,6 +523,18 @@ static void zero_chunk(const ce_plan *pl, int64_t r, int64_t c)
     memset(out + (size_t)(c * CE_CHUNK) * pl->esize, 0, (size_t)chunk_len(pl, c) * pl->esize);
 }
 
+/* The factor of a chunk's exponentials exp(x - shift) in sweep 2. */
+static double chunk_factor(const ce_chunk_stats *st, const ce_row *row)
+{
+    /* A row of -inf only has no distribution, nor has a row holding +inf
+     * (inf / inf): their softmax and gradient are NaN, as in SciPy and
+     * PyTorch. */
+    if (row->max == -INFINITY || row->max == INFINITY) return NAN;
+    /* A chunk of -inf only contributes 0 (not g * its weight: g may be inf). */
+    if (st->max == -INFINITY) return 0.0;
+    return row->g * exp(st->shift - row->max) * st->scale;
+}
+
 static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
                          const ce_chunk_stats *st, const ce_row *row)
 {
@@ -518,12 +547,7 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
                         row->max, row->log_sum);
         return;
     }
-    /* A row of -inf only has no distribution: its softmax and gradient are
-     * NaN, as its log-softmax and loss are. Otherwise a chunk of -inf
-     * only contributes 0 (not g * its weight: g may be inf). */
-    const double f = row->max == -INFINITY ? NAN
-                     : st[c].max == -INFINITY ? 0.0
-                                              : row->g * exp(st[c].shift - row->max) * st[c].scale;
+    const double f = chunk_factor(&st[c], row);
     const ce_chunk_opts opts = chunk_opts(pl, r, c);
     /* the target's own term, added in the kernel before the output rounds */
     const int64_t t_local = p->target && row->target_delta != 0.0 ? p->target[r] - j0 : -1;
