@@ -81,10 +81,12 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
     rows = v.rows_view(x)
     row_loss = np.empty(rows.shape[0], dtype=np.float64)
     _core.run(
-        _core.MODE_LOSS_GRAD if want_grad else _core.MODE_LOSS, v.dtype_code(dtype),
-        rows, grad.rows if grad else None, targets.hard, ignore_index, targets.soft, w,
-        float(np.sum(w, dtype=np.float64)) if w is not None else float(n_classes),
-        smoothing, scale, row_scale, row_loss, n_threads, z, cap,
+        _core.MODE_LOSS_GRAD if want_grad else _core.MODE_LOSS, v.dtype_code(dtype), rows,
+        out=grad.rows if grad else None, target=targets.hard, ignore_index=ignore_index,
+        soft=targets.soft, weight=w,
+        weight_sum=float(np.sum(w, dtype=np.float64)) if w is not None else None,
+        smoothing=smoothing, grad_scale=scale, row_scale=row_scale, row_out=row_loss,
+        n_threads=n_threads, z_loss=z, softcap=cap,
     )
     loss = _reduce(row_loss, reduction, targets.mean_denominator, batch_shape,
                    v.result_dtype(dtype))
@@ -186,7 +188,7 @@ def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index:
     >>> import numpy as np, ce_kernels as ck
     >>> logits = np.array([[2.0, 1.0, 0.1]], dtype=np.float32)
     >>> round(float(ck.cross_entropy(logits, np.array([0]))), 6)
-    0.417030
+    0.41703
     """
     if (weight is None and reduction == "mean" and label_smoothing == 0.0 and z_loss == 0.0
             and softcap is None and type(logits) is np.ndarray and type(target) is np.ndarray):
@@ -268,8 +270,8 @@ def _normalize_call(mode: int, x: Any, axis: Any, out: Any, name: str):
     result = v.KernelOutput(out, arr.shape, dtype, {"x": arr}, in_place="x", axis=ax)
     if arr.size == 0:
         return result.array
-    _core.run(mode, v.dtype_code(dtype), _moved_rows(arr, ax), result.rows, None, 0, None, None,
-              0.0, 0.0, 1.0, None, None, _threads.resolve(None))
+    _core.run(mode, v.dtype_code(dtype), _moved_rows(arr, ax), out=result.rows,
+              n_threads=_threads.resolve(None))
     return result.finish()
 
 
@@ -333,8 +335,8 @@ def logsumexp(x: Any, axis: int = -1):
     else:
         rows = _moved_rows(arr, ax)
         lse = np.empty(rows.shape[0], dtype=np.float64)
-        _core.run(_core.MODE_LOGSUMEXP, v.dtype_code(dtype), rows, None, None, 0, None, None,
-                  0.0, 0.0, 1.0, None, lse, _threads.resolve(None))
+        _core.run(_core.MODE_LOGSUMEXP, v.dtype_code(dtype), rows, row_out=lse,
+                  n_threads=_threads.resolve(None))
         result = lse.astype(out_dtype).reshape(out_shape)
     return result[()] if result.ndim == 0 else result
 
@@ -404,7 +406,7 @@ def _token_stats_rows(rows: np.ndarray, dtype_code: int, hard: np.ndarray, ignor
     n = rows.shape[0]
     nll, ent = np.empty(n), np.empty(n)
     predicted = np.empty(n, dtype=np.int64)
-    _core.run(_core.MODE_TOKEN_STATS, dtype_code, rows, None, hard, ignore_index,
-              None, None, 0.0, 0.0, 1.0, None, nll, n_threads, 0.0, 0.0, ent, predicted)
+    _core.run(_core.MODE_TOKEN_STATS, dtype_code, rows, target=hard, ignore_index=ignore_index,
+              row_out=nll, n_threads=n_threads, row_entropy=ent, row_argmax=predicted)
     correct = (predicted == hard) & (hard != ignore_index)
     return TokenStats(nll, predicted, correct, ent)

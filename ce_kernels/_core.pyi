@@ -22,11 +22,13 @@ SIGMOID: int
 LOG_SIGMOID: int
 ISA_NAMES: Dict[int, str]
 
-def run(mode: int, dtype: int, x: np.ndarray, out: Optional[np.ndarray],
-        target: Optional[np.ndarray], ignore_index: int, soft: Optional[np.ndarray],
-        weight: Optional[np.ndarray], weight_sum: float, smoothing: float, grad_scale: float,
-        row_scale: Optional[np.ndarray], row_out: Optional[np.ndarray], n_threads: int,
-        z_loss: float = ..., softcap: float = ..., row_entropy: Optional[np.ndarray] = ...,
+def run(mode: int, dtype: int, x: np.ndarray, *, out: Optional[np.ndarray] = ...,
+        target: Optional[np.ndarray] = ..., ignore_index: int = ...,
+        soft: Optional[np.ndarray] = ..., weight: Optional[np.ndarray] = ...,
+        weight_sum: Optional[float] = ..., smoothing: float = ..., grad_scale: float = ...,
+        row_scale: Optional[np.ndarray] = ..., row_out: Optional[np.ndarray] = ...,
+        n_threads: int = ..., z_loss: float = ..., softcap: float = ...,
+        row_entropy: Optional[np.ndarray] = ...,
         row_argmax: Optional[np.ndarray] = ...) -> None: ...
 def check_targets(target: np.ndarray, n_classes: int, ignore_index: int,
                   weight: Optional[np.ndarray]) -> Tuple[int, int, float]: ...

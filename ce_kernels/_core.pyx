@@ -121,18 +121,21 @@ cdef inline int64_t row_stride(cnp.ndarray a):
     return cnp.PyArray_STRIDE(a, 0) // cnp.PyArray_ITEMSIZE(a)
 
 
-def run(int mode, int dtype, cnp.ndarray x, cnp.ndarray out, cnp.ndarray target,
-        int64_t ignore_index, cnp.ndarray soft, cnp.ndarray weight,
-        double weight_sum, double smoothing, double grad_scale,
-        cnp.ndarray row_scale, cnp.ndarray row_out, int n_threads,
+def run(int mode, int dtype, cnp.ndarray x, *, cnp.ndarray out=None, cnp.ndarray target=None,
+        int64_t ignore_index=-100, cnp.ndarray soft=None, cnp.ndarray weight=None,
+        weight_sum=None, double smoothing=0.0, double grad_scale=1.0,
+        cnp.ndarray row_scale=None, cnp.ndarray row_out=None, int n_threads=0,
         double z_loss=0.0, double softcap=0.0, cnp.ndarray row_entropy=None,
         cnp.ndarray row_argmax=None):
-    """Run one kernel call.
+    """Run one kernel call; every option is named as the field of
+    ``ce_problem`` it fills, and absent ones are NULL / 0.
 
-    ``x`` (and ``out``, ``soft``) are 2-D, native, aligned, with a
-    contiguous last axis and element type ``dtype`` (a DTYPE_* code);
-    ``target`` and ``row_argmax`` are int64, ``row_scale``, ``row_out`` and
-    ``row_entropy`` float64, all contiguous; ``weight`` has the dtype of ``x``.
+    ``x`` (and ``out``) are 2-D, native, aligned, with a contiguous last
+    axis and element type ``dtype`` (a DTYPE_* code); ``soft`` likewise in
+    the compute type (float64 for float64 logits, else float32), as is
+    ``weight``; ``target`` and ``row_argmax`` are int64, ``row_scale``,
+    ``row_out`` and ``row_entropy`` float64, all contiguous.
+    ``weight_sum`` defaults to the number of classes (no weights).
     """
     cdef ce_problem p
     p.dtype = <ce_dtype>dtype
@@ -148,7 +151,7 @@ def run(int mode, int dtype, cnp.ndarray x, cnp.ndarray out, cnp.ndarray target,
     p.soft = data_or_null(soft)
     p.soft_stride = row_stride(soft)
     p.weight = data_or_null(weight)
-    p.weight_sum = weight_sum
+    p.weight_sum = <double>p.n_cols if weight_sum is None else <double>weight_sum
     p.smoothing = smoothing
     p.z_loss = z_loss
     p.softcap = softcap
