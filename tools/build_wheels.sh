@@ -70,7 +70,7 @@ sdist, wheel = sys.argv[1], sys.argv[2]
 with tarfile.open(sdist) as tar:
     names = tar.getnames()
 top = names[0].split("/")[0]
-for required in ("LICENSE", "pyproject.toml", "setup.py",
+for required in ("LICENSE", "CHANGELOG.md", "pyproject.toml", "setup.py",
                  "ce_kernels/_core.pyx", "src/ce_kernels.h", "tests/conftest.py"):
     if f"{top}/{required}" not in names:
         sys.exit(f"build_wheels: {required} missing from {sdist}")
