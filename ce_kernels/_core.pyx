@@ -101,6 +101,16 @@ cdef class Interruptible:
         return check_status(status)
 
 
+# Shared by every call too short to poll: it never polls, so it never holds
+# an exception and all threads may use it at once.
+cdef Interruptible NOT_POLLED = Interruptible(0)
+
+
+cdef inline Interruptible interrupt_for(int64_t elements):
+    """The interrupt of a call over this many elements."""
+    return NOT_POLLED if elements < POLL_MIN_ELEMENTS else Interruptible(elements)
+
+
 cdef int check_status(int status) except -1:
     """Turn a kernel status into the matching Python exception."""
     if status == CE_ERR_NOMEM:
@@ -160,7 +170,7 @@ def run(int mode, int dtype, cnp.ndarray x, *, cnp.ndarray out=None, cnp.ndarray
     p.row_out = <double *>data_or_null(row_out)
     p.row_entropy = <double *>data_or_null(row_entropy)
     p.row_argmax = <int64_t *>data_or_null(row_argmax)
-    cdef Interruptible stop = Interruptible(p.n_rows * p.n_cols)
+    cdef Interruptible stop = interrupt_for(p.n_rows * p.n_cols)
     p.interrupt = stop.interrupt
     cdef int status
     with nogil:
@@ -376,7 +386,7 @@ def dist_run(int mode, cnp.ndarray p, cnp.ndarray q, cnp.ndarray row_out,
     pr.q_sum = <double *>data_or_null(q_sum)
     pr.p_negative = <uint8_t *>data_or_null(p_negative)
     pr.q_negative = <uint8_t *>data_or_null(q_negative)
-    cdef Interruptible stop = Interruptible(pr.n_rows * pr.n_cols)
+    cdef Interruptible stop = interrupt_for(pr.n_rows * pr.n_cols)
     pr.interrupt = stop.interrupt
     cdef int status
     with nogil:
@@ -408,7 +418,7 @@ def bce_run(int mode, cnp.ndarray x, cnp.ndarray y, cnp.ndarray weight,
     pr.row_out = <double *>data_or_null(row_out)
     pr.grad = <void *>data_or_null(grad)
     pr.grad_stride = row_stride(grad)
-    cdef Interruptible stop = Interruptible(pr.n_rows * pr.n_cols)
+    cdef Interruptible stop = interrupt_for(pr.n_rows * pr.n_cols)
     pr.interrupt = stop.interrupt
     cdef int status
     with nogil:
@@ -423,7 +433,7 @@ def sigmoid_run(int mode, cnp.ndarray x, cnp.ndarray out, int n_threads):
     cdef const void *src = cnp.PyArray_DATA(x)
     cdef void *dst = cnp.PyArray_DATA(out)
     cdef int64_t n = cnp.PyArray_SIZE(x)
-    cdef Interruptible stop = Interruptible(n)
+    cdef Interruptible stop = interrupt_for(n)
     with nogil:
         status = ce_sigmoid_run(dt, <ce_sigmoid_mode>mode, src, dst, n, n_threads, &stop.interrupt)
     stop.check(status)

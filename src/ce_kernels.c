@@ -109,11 +109,20 @@ int ce_default_threads(void)
 int ce_max_threads(void)
 {
 #ifdef _OPENMP
+    /* Asked once: omp_get_num_procs() is a system call. Racing first
+     * callers all store the same value. */
+    static int most = 0;
+    int cached;
+    #pragma omp atomic read
+    cached = most;
+    if (cached > 0) return cached;
     const int procs = omp_get_num_procs();
     const int limit = omp_get_thread_limit();
-    int most = procs > 2 ? 4 * procs : 8;
-    if (limit > 0 && most > limit) most = limit;
-    return most;
+    cached = procs > 2 ? 4 * procs : 8;
+    if (limit > 0 && cached > limit) cached = limit;
+    #pragma omp atomic write
+    most = cached;
+    return cached;
 #else
     return 1;
 #endif
