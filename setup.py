@@ -5,6 +5,7 @@ the build will use. Without it the extension is built single-threaded and
 the build says so. Set CE_KERNELS_NO_OPENMP=1 to build without OpenMP on
 purpose, and CE_KERNELS_DEBUG=1 for Cython bounds checks and -O0 -g.
 """
+import glob
 import os
 import shutil
 import sys
@@ -95,6 +96,8 @@ extension = Extension(
     ],
     include_dirs=["src", INCLUDE_DIR, np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    # the kernels are templates in headers: a changed header rebuilds them
+    depends=sorted(glob.glob("src/*.h") + glob.glob(INCLUDE_DIR + "/*.h")),
 )
 
 # Passes the kernels' function table on to other extensions (no kernels of
