@@ -35,8 +35,11 @@ class _Targets:
 
 def _prepare_targets(target: Any, logits: np.ndarray, weight: Optional[np.ndarray],
                      ignore_index: int) -> _Targets:
-    t = v.as_array(target, "target", "iuf",
-                   "integer class indices or float probabilities")
+    if isinstance(target, np.ndarray) and v.is_half(target.dtype):
+        t = target        # half-precision probabilities (bfloat16 has kind "V")
+    else:
+        t = v.as_array(target, "target", "iuf",
+                       "integer class indices or float probabilities")
     batch_shape, n_classes = logits.shape[:-1], logits.shape[-1]
     if t.dtype.kind in "iu":
         hard, denominator = v.hard_targets(t, batch_shape, n_classes, ignore_index, weight)

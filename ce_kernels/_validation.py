@@ -45,6 +45,12 @@ def dtype_code(dtype: np.dtype) -> int:
     return _core.DTYPE_BFLOAT16
 
 
+def compute_dtype(dtype: np.dtype) -> np.dtype:
+    """The kernels' arithmetic type for logits of ``dtype``, also the type
+    weights and soft targets are kept in: float32 for half precision."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
 def result_dtype(dtype: np.dtype) -> np.dtype:
     """Losses and statistics: float32 for half-precision inputs."""
     return np.dtype(np.float32) if is_half(dtype) else dtype
@@ -281,7 +287,10 @@ def _raise_bad_target(target, flat, batch_shape, n_classes, ignore_index):
 
 
 def soft_targets(target: np.ndarray, logits_shape: Tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """Probability targets as 2-D rows in the logits' dtype."""
+    """Probability targets as 2-D rows in the compute dtype of logits of
+    ``dtype`` (float32 for half precision: targets are never rounded to
+    half precision)."""
+    dtype = compute_dtype(dtype)
     if target.shape != logits_shape:
         raise ValueError(
             f"soft (probability) targets must have the shape of logits {logits_shape}, "
@@ -294,10 +303,13 @@ def soft_targets(target: np.ndarray, logits_shape: Tuple[int, ...], dtype: np.dt
 
 
 def class_weights(weight: Any, n_classes: int, dtype: np.dtype) -> np.ndarray:
-    w = as_array(weight, "weight", "fiu", "a real numeric array")
+    """Class weights in the compute dtype of logits of ``dtype`` (float32
+    for half precision; half-precision weights are accepted and widened)."""
+    w = np.asarray(weight) if isinstance(weight, np.ndarray) and is_half(weight.dtype) else \
+        as_array(weight, "weight", "fiu", "a real numeric array")
     if w.shape != (n_classes,):
         raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
-    return kernel_contiguous(w, dtype)
+    return kernel_contiguous(w.astype(compute_dtype(dtype), copy=False))
 
 
 def output_array(out: Any, shape: Tuple[int, ...], dtype: np.dtype, name: str = "out") -> np.ndarray:

@@ -64,7 +64,8 @@ int ce_stopper_stopped(const ce_stopper *s);
 /* Options of the chunk kernels for one chunk.
  *
  * The weighted linear term of a row: a[j] = w[j] * (y_mul * y[j] + y_add),
- * where a missing w or y counts as 1; w and y have the element type of x.
+ * where a missing w or y counts as 1; w and y are stored in the compute
+ * type (double for float64 logits, else float).
  * When active, the kernels accumulate sum_j a[j] * (shift - x[j]) (skipping
  * a[j] == 0) and sum_j a[j]: measured from the chunk's maximum, every term
  * is non-negative and nothing cancels.

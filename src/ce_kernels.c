@@ -171,6 +171,8 @@ typedef struct {
     const ce_problem *p;
     const ce_leaf *leaf;
     size_t esize;            /* bytes per element                          */
+    ce_dtype aux_dtype;      /* of weights and soft targets: the compute type */
+    size_t aux_size;
     int64_t n_chunks;        /* chunks per row                             */
     int store_exp;           /* sweep 1 stores exp(x - shift) to the output */
     int second_sweep;        /* the output is written                      */
@@ -235,7 +237,7 @@ static int row_ignored(const ce_plan *pl, int64_t r)
 static double row_weight(const ce_plan *pl, int64_t r)
 {
     const ce_problem *p = pl->p;
-    return p->weight ? load_as_double(p->weight, p->target[r], p->dtype) : 1.0;
+    return p->weight ? load_as_double(p->weight, p->target[r], pl->aux_dtype) : 1.0;
 }
 
 static double row_scale(const ce_plan *pl, int64_t r)
@@ -250,6 +252,8 @@ static void plan_init(ce_plan *pl, const ce_problem *p)
     pl->p = p;
     pl->leaf = leaf_for(ce_active_isa(), p->dtype);
     pl->esize = dtype_size(p->dtype);
+    pl->aux_dtype = p->dtype == CE_FLOAT64 ? CE_FLOAT64 : CE_FLOAT32;
+    pl->aux_size = dtype_size(pl->aux_dtype);
     pl->n_chunks = (p->n_cols + CE_CHUNK - 1) / CE_CHUNK;
     const int is_loss = p->mode == CE_MODE_LOSS || p->mode == CE_MODE_LOSS_GRAD;
     pl->opts.softcap = is_loss ? p->softcap : 0.0;
@@ -286,8 +290,9 @@ static ce_chunk_opts chunk_opts(const ce_plan *pl, int64_t r, int64_t c)
     ce_chunk_opts opts = pl->opts;
     const int64_t j0 = c * CE_CHUNK;
     if (opts.active) {
-        if (p->weight) opts.w = (const char *)p->weight + (size_t)j0 * pl->esize;
-        if (p->soft) opts.y = row_of(p->soft, r, p->soft_stride, pl->esize) + (size_t)j0 * pl->esize;
+        if (p->weight) opts.w = (const char *)p->weight + (size_t)j0 * pl->aux_size;
+        if (p->soft)
+            opts.y = row_of(p->soft, r, p->soft_stride, pl->aux_size) + (size_t)j0 * pl->aux_size;
     }
     return opts;
 }

@@ -117,14 +117,26 @@ CE_TARGET static double CE_NAME(max)(const void *xv, int64_t n, double softcap)
 
 /* ---- the linear term's coefficients ------------------------------------ */
 
+/* count weights or soft targets from p, zero beyond count. They are stored
+ * in the compute type (float for float32 and half-precision logits), so a
+ * half-precision path never rounds them to its own element type. */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load_aux)(const CE_CT *p, int64_t count)
+{
+    if (count == CE_W) return CE_VLOAD_CT(p);
+    CE_CT buf[CE_W];
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, p, (size_t)count * sizeof(CE_CT));
+    return CE_VLOAD_CT(buf);
+}
+
 /* a[j..j+count) of the chunk options, zero beyond count. */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(coef)(
     const ce_chunk_opts *opts, int64_t j, int64_t count, const int has_w, const int has_y)
 {
     CE_VT a = CE_NAME(splat)((CE_CT)1);
-    if (has_w) a = CE_NAME(load)((const CE_T *)opts->w + j, count, (CE_CT)0);
+    if (has_w) a = CE_NAME(load_aux)((const CE_CT *)opts->w + j, count);
     if (has_y) {
-        CE_VT y = CE_NAME(load)((const CE_T *)opts->y + j, count, (CE_CT)0);
+        CE_VT y = CE_NAME(load_aux)((const CE_CT *)opts->y + j, count);
         a = a * (y * (CE_CT)opts->y_mul + (CE_CT)opts->y_add);
     }
     if (count < CE_W) a = CE_SELECT(CE_NAME(lanes_below)(count), a, (CE_VT){0});

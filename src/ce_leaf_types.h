@@ -32,6 +32,8 @@
 #define CE_ACC_ADD CE_WIDE(acc_add_f)
 #define CE_ACC_SUM CE_WIDE(acc_sum_f)
 
+#define CE_VLOAD_CT CE_WIDE(load_f32)
+
 #define CE_T float
 #define CE_VLOAD CE_WIDE(load_f32)
 #define CE_VSTORE CE_WIDE(store_f32)
@@ -74,6 +76,7 @@
 #undef CE_ACC
 #undef CE_ACC_ADD
 #undef CE_ACC_SUM
+#undef CE_VLOAD_CT
 
 /* float64: half as many double lanes */
 #define CE_T double
@@ -84,6 +87,7 @@
 #define CE_IOTA CE_WIDE(iota_i64)()
 #define CE_VLOAD CE_WIDE(load_f64)
 #define CE_VSTORE CE_WIDE(store_f64)
+#define CE_VLOAD_CT CE_WIDE(load_f64)
 #define CE_VEXP CE_WIDE(exp_d)
 #define CE_SOFTCAP CE_WIDE(softcap_d)
 #define CE_SELECT CE_WIDE(select_d)
@@ -103,6 +107,7 @@
 #undef CE_IOTA
 #undef CE_VLOAD
 #undef CE_VSTORE
+#undef CE_VLOAD_CT
 #undef CE_VEXP
 #undef CE_SOFTCAP
 #undef CE_SELECT

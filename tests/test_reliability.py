@@ -343,3 +343,54 @@ def test_interrupt_in_a_thread_that_is_not_main_does_not_poll(rng):
     with ThreadPoolExecutor(2) as pool:
         got = pool.submit(ck.cross_entropy, logits, target, reduction="none").result()
     np.testing.assert_array_equal(got, expected)
+
+
+# ---- weights and soft targets with half-precision logits ---------------------------
+
+def half_dtypes():
+    dtypes = [np.dtype(np.float16)]
+    try:
+        import ml_dtypes
+        dtypes.append(np.dtype(ml_dtypes.bfloat16))
+    except ImportError:
+        pass
+    return dtypes
+
+
+@pytest.mark.parametrize("dtype", half_dtypes(), ids=str)
+def test_half_logits_keep_float32_weights_and_soft_targets(rng, dtype):
+    """Weights and probabilities are used as given (float32), not rounded
+    to the logits' half precision: the loss is that of the upcast logits
+    with the float32 weights, within 1e-6 (rounding the weights to bfloat16
+    alone moves it by ~1e-3)."""
+    logits = (rng.standard_normal((16, 300)) * 4).astype(dtype)
+    upcast = logits.astype(np.float64)
+    weight = (1.0 + rng.random(300) / 7).astype(np.float32)
+    target = rng.integers(0, 300, 16)
+    probs = ref.softmax(rng.standard_normal((16, 300))).astype(np.float32)
+    for options, t in ((dict(weight=weight), target), (dict(weight=weight, label_smoothing=0.2), target),
+                       (dict(), probs), (dict(weight=weight), probs)):
+        expected = ref.cross_entropy(upcast, t.astype(np.float64) if t.dtype.kind == "f" else t,
+                                     reduction="none",
+                                     **{k: (val.astype(np.float64) if isinstance(val, np.ndarray)
+                                            else val) for k, val in options.items()})
+        loss = ck.cross_entropy(logits, t, reduction="none", **options)
+        np.testing.assert_allclose(loss, expected, rtol=1e-6, atol=1e-6)
+        _, grad = ck.cross_entropy_with_grad(logits, t, reduction="none", **options)
+        expected_grad = ref.cross_entropy_grad(upcast, t.astype(np.float64) if t.dtype.kind == "f" else t,
+                                               reduction="none",
+                                               **{k: (val.astype(np.float64) if isinstance(val, np.ndarray)
+                                                      else val) for k, val in options.items()})
+        # the gradient: the exact one rounded to the half dtype (within its ulp)
+        eps = 2.0 ** -7 if dtype.name == "bfloat16" else 2.0 ** -10
+        np.testing.assert_allclose(grad.astype(np.float64), expected_grad, rtol=eps, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", half_dtypes(), ids=str)
+def test_half_precision_weights_and_soft_targets_are_accepted(rng, dtype):
+    logits = rng.standard_normal((4, 10)).astype(dtype)
+    weight = (rng.random(10) + 0.5).astype(dtype)
+    probs = ref.softmax(rng.standard_normal((4, 10))).astype(dtype)
+    expected = ref.cross_entropy(logits.astype(np.float64), probs.astype(np.float64),
+                                 weight=weight.astype(np.float64))
+    np.testing.assert_allclose(ck.cross_entropy(logits, probs, weight=weight), expected, rtol=1e-6)

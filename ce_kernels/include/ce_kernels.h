@@ -90,9 +90,11 @@ typedef struct {
 
     const int64_t *target;  /* class index per row, or NULL                  */
     int64_t ignore_index;   /* rows whose target equals this contribute 0    */
-    const void *soft;       /* soft targets, dtype as x, or NULL             */
+    /* Soft targets and class weights are float64 for float64 logits and
+     * float32 for every other dtype (never rounded to half precision). */
+    const void *soft;       /* soft targets, or NULL                         */
     int64_t soft_stride;
-    const void *weight;     /* class weights (n_cols, dtype as x), or NULL   */
+    const void *weight;     /* class weights (n_cols), or NULL               */
     double weight_sum;      /* sum of weight (n_cols when weight is NULL)    */
     double smoothing;       /* label smoothing eps in [0, 1]                 */
     double z_loss;          /* coefficient of lse^2 (0: none)                */
