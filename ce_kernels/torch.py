@@ -639,11 +639,12 @@ def kl_div(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
     """``torch.nn.functional.kl_div``: ``target * (log target - input)``
     elementwise, ``input`` being log-probabilities.
 
-    This loss is elementwise, with no softmax to fuse, so it is computed with
-    PyTorch operations (differentiable to any order, traceable by
-    ``torch.compile``); it is here so that the family's modules and error
-    types are available from one place. For a KL divergence between
-    distributions given as probabilities see :func:`ce_kernels.kl_divergence`.
+    This loss is elementwise, with no softmax to fuse: after the checks
+    (with this module's exception types) it is PyTorch's own function, so
+    it is exactly PyTorch's, differentiable to any order and traceable by
+    ``torch.compile``. It is here so that the family's functions and
+    modules come from one place. For the divergence between distributions
+    given as probabilities see :func:`ce_kernels.kl_divergence`.
     """
     _check_tensor("input", input)
     _check_tensor("target", target)
@@ -657,17 +658,7 @@ def kl_div(input: Tensor, target: Tensor, size_average: Optional[bool] = None,
     except RuntimeError:
         raise InputError(f"target of shape {tuple(target.shape)} does not broadcast to the "
                          f"input shape {tuple(input.shape)}") from None
-    if log_target:
-        elementwise = torch.exp(target) * (target - input)
-    else:
-        elementwise = torch.xlogy(target, target) - target * input
-    if reduction == "none":
-        return elementwise
-    if reduction == "sum":
-        return elementwise.sum()
-    if reduction == "batchmean":
-        return elementwise.sum() / input.shape[0] if input.dim() else elementwise.sum()
-    return elementwise.mean()
+    return torch.nn.functional.kl_div(input, target, reduction=reduction, log_target=log_target)
 
 
 class KLDivLoss(torch.nn.KLDivLoss):
