@@ -183,9 +183,10 @@ def _ce_setup_context(ctx, inputs, output):
 def _is_one(g: Tensor) -> bool:
     """True when ``g`` is a plain (not traced, not transformed) tensor equal
     to 1, the upstream gradient of ``loss.backward()``."""
-    if torch.compiler.is_compiling() or torch.is_grad_enabled() or g.dim() != 0:
-        return False
-    if torch._C._functorch.is_functorch_wrapped_tensor(g):
+    # Tensor subclasses (fake, functional tensors of a trace) and functorch
+    # wrappers have no value to test; the check is then skipped.
+    if (torch.compiler.is_compiling() or torch.is_grad_enabled() or g.dim() != 0
+            or type(g) is not torch.Tensor or torch._C._functorch.is_functorch_wrapped_tensor(g)):
         return False
     return bool(g == 1)
 
