@@ -133,7 +133,20 @@ def _loss_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def _grad_buffer(shape, dtype: torch.dtype) -> Tensor:
-    return torch.empty(shape, dtype=dtype)
+    """A new C-contiguous tensor for the gradient, allocated by NumPy.
+
+    NumPy asks the kernel for transparent huge pages on large allocations
+    (``madvise(MADV_HUGEPAGE)``); PyTorch's CPU allocator does not. The
+    gradient is written once, so first-touch page faults dominate its cost:
+    on a 2048 x 32000 float32 buffer (with transparent huge pages on
+    ``madvise``), writing NumPy's memory took about a quarter of the time of
+    writing ``torch.empty``'s."""
+    if dtype == torch.bfloat16:
+        return torch.from_numpy(np.empty(shape, dtype=np.int16)).view(torch.bfloat16)
+    return torch.from_numpy(np.empty(shape, dtype=_NUMPY_DTYPES[dtype]))
+
+
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
 # ---- softmax cross-entropy: the operator --------------------------------------
