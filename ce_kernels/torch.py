@@ -189,8 +189,47 @@ def _ce_setup_context(ctx, inputs, output):
     # The gradient output is unused in a first backward; without this,
     # autograd would fill a logits-sized tensor of zeros for it.
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(logits, target, weight, grad)
+    _keep_gradient(ctx, (logits, target, weight), grad)
     ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap)
+
+
+def _keep_gradient(ctx, tensors, grad: Tensor) -> None:
+    """Save the inputs backward needs, and the forward's gradient.
+
+    In eager mode the gradient is kept as a plain attribute, not a saved
+    tensor: ``loss.backward()`` then hands the buffer itself to autograd
+    (nothing copied) and forgets it, and a later backward through a
+    retained graph computes it again, so no one writes over a gradient that
+    is still needed. Traced (torch.compile) and transformed (torch.func)
+    calls save it as usual; they never hand it over."""
+    plain = (not torch.compiler.is_compiling() and type(grad) is torch.Tensor
+             and not torch._C._functorch.is_functorch_wrapped_tensor(grad))
+    ctx.plain = plain
+    if plain:
+        ctx.save_for_backward(*tensors)
+        ctx.grad = grad.detach()     # detached: no reference cycle through grad_fn
+    else:
+        ctx.save_for_backward(*tensors, grad)
+
+
+def _first_order(ctx, saved, g_loss: Tensor, reduction: str, recompute) -> Tensor:
+    """``grad * g_loss``: the gradient of the loss with respect to the logits.
+
+    ``recompute(differentiable)`` gives the gradient again from the saved
+    inputs; with ``differentiable`` it comes from the autograd function
+    applied again, so that create_graph=True yields a gradient that is
+    itself differentiable (its backward is the Hessian-vector product)."""
+    if not ctx.plain:
+        return _scale(saved[-1], g_loss, reduction)
+    if torch.is_grad_enabled():
+        return _scale(recompute(True), g_loss, reduction)
+    grad = ctx.grad
+    if grad is None:                 # handed over by an earlier backward
+        grad = recompute(False)
+    if reduction in ("mean", "sum") and _is_one(g_loss):
+        ctx.grad = None
+        return grad
+    return _scale(grad, g_loss, reduction)
 
 
 def _is_one(g: Tensor) -> bool:
@@ -205,9 +244,12 @@ def _is_one(g: Tensor) -> bool:
 
 
 def _scale(grad: Tensor, g_loss: Tensor, reduction: str) -> Tensor:
-    """``grad`` times the upstream gradient of the loss (per row for "none")."""
+    """``grad`` times the upstream gradient of the loss: a scalar for "mean"
+    and "sum", one per row for "none", one per element for "elementwise"."""
     if reduction == "none":
         g_loss = g_loss.unsqueeze(-1)
+    elif reduction == "elementwise":
+        pass
     elif _is_one(g_loss):
         return grad
     if grad.dtype != g_loss.dtype:
@@ -217,14 +259,17 @@ def _scale(grad: Tensor, g_loss: Tensor, reduction: str) -> Tensor:
 
 
 def _ce_backward(ctx, g_loss, g_grad):
-    logits, target, weight, grad = ctx.saved_tensors
+    saved = ctx.saved_tensors
+    logits, target, weight = saved[:3]
     ignore_index, reduction, label_smoothing, z_loss, softcap = ctx.options
     result = None
     if g_loss is not None:
-        if grad.numel() != logits.numel():
-            raise RuntimeError("ce_kernels.cross_entropy: backward of a call made without "
-                               "a gradient (want_grad=False)")
-        result = _scale(grad, g_loss, reduction)
+        def recompute(differentiable):
+            fn = _CrossEntropy.apply if differentiable else _ce_op
+            return fn(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                      softcap, True)[1]
+
+        result = _first_order(ctx, saved, g_loss, reduction, recompute)
     if g_grad is not None:
         # Second order: the gradient output was used (double backward).
         h = _ce_hvp(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
@@ -537,15 +582,22 @@ def _bce_fake(logits, target, weight, pos_weight, reduction, want_grad):
 def _bce_setup_context(ctx, inputs, output):
     logits, target, weight, pos_weight, reduction, _ = inputs
     ctx.set_materialize_grads(False)
-    ctx.save_for_backward(logits, target, weight, pos_weight, output[1])
+    _keep_gradient(ctx, (logits, target, weight, pos_weight), output[1])
     ctx.reduction = reduction
 
 
 def _bce_backward(ctx, g_loss, g_grad):
-    logits, target, weight, pos_weight, grad = ctx.saved_tensors
+    saved = ctx.saved_tensors
+    logits, target, weight, pos_weight = saved[:4]
     result = None
     if g_loss is not None:
-        result = grad * g_loss if ctx.reduction == "none" else _scale(grad, g_loss, "sum")
+        def recompute(differentiable):
+            fn = _BinaryCrossEntropy.apply if differentiable else _bce_op
+            return fn(logits, target, weight, pos_weight, ctx.reduction, True)[1]
+
+        # "none": the upstream gradient has the shape of the input
+        elementwise = "elementwise" if ctx.reduction == "none" else "sum"
+        result = _first_order(ctx, saved, g_loss, elementwise, recompute)
     if g_grad is not None:
         # d2/dx2 of w [(1 - y) x + (1 + (pw - 1) y) softplus(-x)]
         #   = w (1 + (pw - 1) y) sigmoid(x) sigmoid(-x)

@@ -498,3 +498,27 @@ def test_kl_div_module_matches_pytorch(reduction, log_target):
     xr = x.detach().clone().requires_grad_(True)
     assert torch.autograd.gradgradcheck(lambda z: ckt.kl_div(z, target, reduction=reduction,
                                                              log_target=log_target), (xr,))
+
+
+@pytest.mark.parametrize("fn, reference, target", [
+    (ckt.cross_entropy, F.cross_entropy, torch.tensor([0, 1, 2, 3])),
+    (ckt.binary_cross_entropy_with_logits, F.binary_cross_entropy_with_logits,
+     torch.rand(4, 5, generator=torch.Generator().manual_seed(14))),
+], ids=["cross_entropy", "bce"])
+@pytest.mark.parametrize("reduction", ["mean", "none"])
+def test_backward_through_a_retained_graph_again(fn, reference, target, reduction):
+    """loss.backward(retain_graph=True) three times accumulates three
+    gradients, and in-place changes to .grad in between do not leak into
+    the next backward."""
+    x = torch.randn(4, 5, generator=torch.Generator().manual_seed(15))
+    grads = []
+    for f in (fn, reference):
+        leaf = x.clone().requires_grad_(True)
+        loss = f(leaf, target, reduction=reduction).sum()
+        loss.backward(retain_graph=True)
+        first = leaf.grad.clone()
+        leaf.grad.mul_(0.5)                 # as gradient clipping would
+        loss.backward(retain_graph=True)
+        loss.backward()
+        grads.append((first, leaf.grad))
+    torch.testing.assert_close(grads[0], grads[1])
