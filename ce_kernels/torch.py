@@ -774,6 +774,10 @@ def patch_transformers(model: Any = None) -> None:
     Nothing in ``torch.nn.functional`` is touched. :func:`unpatch_transformers`
     undoes it."""
     if model is not None:
+        loss_type = getattr(model, "loss_type", None)
+        if loss_type not in (None, "ForCausalLM"):
+            raise InputError(f"patch_transformers replaces the causal-LM loss; this model's "
+                             f"loss is {loss_type!r} ({type(model).__name__})")
         model.loss_function = _causal_lm_loss
         return
     from transformers.loss import loss_utils

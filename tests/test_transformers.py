@@ -150,3 +150,14 @@ def test_compiled_model(kernel_calls):
     got = run_steps(ours, steps=2, step_fn=lambda **kw: compiled(**kw).loss)
     assert len(kernel_calls) == 2
     assert_same_training(got, expected)
+
+
+def test_other_model_kinds_are_refused():
+    config = transformers.LlamaConfig(vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
+                                      num_hidden_layers=1, num_attention_heads=4,
+                                      num_key_value_heads=2, num_labels=3, pad_token_id=0)
+    model = transformers.LlamaForSequenceClassification(config)
+    stock = model.loss_function
+    with pytest.raises(ValueError, match="ForSequenceClassification"):
+        ckt.patch_transformers(model)
+    assert model.loss_function is stock
