@@ -202,7 +202,8 @@ def _keep_gradient(ctx, tensors, grad: Tensor) -> None:
     retained graph computes it again, so no one writes over a gradient that
     is still needed. Traced (torch.compile) and transformed (torch.func)
     calls save it as usual; they never hand it over."""
-    plain = (not torch.compiler.is_compiling() and type(grad) is torch.Tensor
+    compiling = torch.compiler.is_compiling()
+    plain = (not compiling and type(grad) is torch.Tensor
              and not torch._C._functorch.is_functorch_wrapped_tensor(grad))
     ctx.plain = plain
     if plain:
@@ -210,6 +211,11 @@ def _keep_gradient(ctx, tensors, grad: Tensor) -> None:
         ctx.grad = grad.detach()     # detached: no reference cycle through grad_fn
     else:
         ctx.save_for_backward(*tensors, grad)
+    if compiling:
+        # A traced backward receives a (zero) tangent for every
+        # differentiable output and would compute the Hessian-vector product
+        # of it; compiled graphs do not support double backward anyway.
+        ctx.mark_non_differentiable(grad)
 
 
 def _first_order(ctx, saved, g_loss: Tensor, reduction: str, recompute) -> Tensor:
@@ -270,8 +276,10 @@ def _ce_backward(ctx, g_loss, g_grad):
                       softcap, True)[1]
 
         result = _first_order(ctx, saved, g_loss, reduction, recompute)
-    if g_grad is not None:
+    if g_grad is not None and not torch.compiler.is_compiling():
         # Second order: the gradient output was used (double backward).
+        # Traced, it is non-differentiable (see _keep_gradient) and its
+        # tangent a zero the trace fills in.
         h = _ce_hvp(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                     softcap, g_grad)
         result = h if result is None else result + h
@@ -598,7 +606,7 @@ def _bce_backward(ctx, g_loss, g_grad):
         # "none": the upstream gradient has the shape of the input
         elementwise = "elementwise" if ctx.reduction == "none" else "sum"
         result = _first_order(ctx, saved, g_loss, elementwise, recompute)
-    if g_grad is not None:
+    if g_grad is not None and not torch.compiler.is_compiling():
         # d2/dx2 of w [(1 - y) x + (1 + (pw - 1) y) softplus(-x)]
         #   = w (1 + (pw - 1) y) sigmoid(x) sigmoid(-x)
         s = torch.sigmoid(logits)
