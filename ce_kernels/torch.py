@@ -338,6 +338,10 @@ def _ce_hvp(x: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: i
         hv = jac * hv + g_y * (-2.0 / softcap) * th * jac * vec.to(dtype)
     if reduction == "mean":
         hv = hv / denominator
+        if not target.is_floating_point():
+            # ignored rows stay exactly 0, as the gradient, even when the
+            # denominator is 0 (all ignored)
+            hv = torch.where(counted > 0, hv, torch.zeros_like(hv))
     return hv.to(x.dtype)
 
 

@@ -206,3 +206,57 @@ def test_compiled_token_extras():
         else:
             torch.testing.assert_close(a, b)
     torch.testing.assert_close(compiled.loss - compiled.z_loss, F.cross_entropy(x, target))
+
+
+def _grid_case(name):
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 6, 3, generator=g, dtype=torch.float64)
+    hard = torch.randint(0, 6, (4, 3), generator=g)
+    hard[0, 0] = -100
+    soft = torch.softmax(torch.randn(4, 6, 3, generator=g, dtype=torch.float64), 1)
+    weight = torch.linspace(0.5, 1.5, 6, dtype=torch.float64)
+    cases = {
+        "plain 2-d": (x[:, :, 0], hard[:, 0], {}),
+        "K-dim weights smoothing": (x, hard, dict(weight=weight, label_smoothing=0.2)),
+        "K-dim probabilities": (x, soft, dict(label_smoothing=0.1)),
+        "sum with ignore_index 2": (x, torch.where(hard == -100, 2, hard),
+                                    dict(ignore_index=2, reduction="sum")),
+        "none": (x, hard, dict(weight=weight, reduction="none")),
+        "unbatched": (x[0, :, 0], hard[1, 1], {}),
+        "empty batch": (x[:0], hard[:0], dict(weight=weight)),
+        "all ignored": (x, torch.full((4, 3), -100), {}),
+    }
+    return cases[name]
+
+
+@pytest.mark.parametrize("name", ["plain 2-d", "K-dim weights smoothing", "K-dim probabilities",
+                                  "sum with ignore_index 2", "none", "unbatched", "empty batch",
+                                  "all ignored"])
+def test_option_grid_eager_double_backward_and_compiled(name):
+    """Each case through forward, backward, double backward (eager) and
+    forward and backward compiled with fullgraph=True, against PyTorch."""
+    x, target, options = _grid_case(name)
+    g = torch.Generator().manual_seed(6)
+    vec = torch.randn(x.shape, generator=g, dtype=x.dtype)
+    results = []
+    for fn in (ckt.cross_entropy, F.cross_entropy):
+        leaf = x.clone().requires_grad_(True)
+        loss = fn(leaf, target, **options)
+        (grad,) = torch.autograd.grad(loss.sum(), leaf, create_graph=True)
+        if grad.requires_grad:
+            (hvp,) = torch.autograd.grad((grad * vec).sum(), leaf, allow_unused=True)
+        else:
+            hvp = None
+        results.append((loss.detach(), grad.detach(),
+                        torch.zeros_like(x) if hvp is None else hvp))
+    for ours, theirs in zip(*results):
+        torch.testing.assert_close(ours, theirs, equal_nan=True)
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda z: ckt.cross_entropy(z, target, **options).sum(),
+                             backend="aot_eager", fullgraph=True)
+    leaf = x.clone().requires_grad_(True)
+    loss = compiled(leaf)
+    loss.backward()
+    torch.testing.assert_close(loss.detach(), results[1][0].sum(), equal_nan=True)
+    torch.testing.assert_close(leaf.grad, results[1][1], equal_nan=True)
