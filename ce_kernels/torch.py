@@ -191,6 +191,27 @@ def _ce_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     _keep_gradient(ctx, (logits, target, weight), grad)
     ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap)
+    ctx.save_for_forward(logits, target, weight, grad)
+
+
+def _ce_jvp(ctx, logits_t, *_):
+    """Forward mode (torch.func.jvp, jacfwd, hessian): the loss moves by
+    grad . t (per row for "none") and the gradient by H t."""
+    logits, target, weight, grad = ctx.saved_tensors
+    ignore_index, reduction, label_smoothing, z_loss, softcap = ctx.options
+    if logits_t is None:
+        return None, None
+    with_grad = grad.numel() == logits.numel() or logits.numel() == 0
+    if not with_grad:            # called without want_grad: the gradient output is empty
+        grad = _ce_op(logits, target, weight, ignore_index, reduction, label_smoothing,
+                      z_loss, softcap, True)[1]
+    product = grad.to(_loss_dtype(grad.dtype)) * logits_t.to(_loss_dtype(grad.dtype))
+    loss_t = product.sum(-1) if reduction == "none" else product.sum()
+    if not with_grad:
+        return loss_t, logits_t.new_zeros((0,))
+    grad_t = _ce_hvp(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
+                     softcap, logits_t)
+    return loss_t, grad_t
 
 
 def _keep_gradient(ctx, tensors, grad: Tensor) -> None:
@@ -271,7 +292,7 @@ def _ce_backward(ctx, g_loss, g_grad):
     result = None
     if g_loss is not None:
         def recompute(differentiable):
-            fn = _CrossEntropy.apply if differentiable else _ce_op
+            fn = _cross_entropy_function().apply if differentiable else _ce_op
             return fn(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                       softcap, True)[1]
 
@@ -363,6 +384,17 @@ class _CrossEntropy(torch.autograd.Function):
 
     setup_context = staticmethod(_ce_setup_context)
     backward = staticmethod(_ce_backward)
+
+
+class _CrossEntropyForwardAD(_CrossEntropy):
+    """With forward mode (jvp) too; torch.compile cannot trace a custom
+    jvp, so compiled code uses :class:`_CrossEntropy`."""
+
+    jvp = staticmethod(_ce_jvp)
+
+
+def _cross_entropy_function():
+    return _CrossEntropy if torch.compiler.is_compiling() else _CrossEntropyForwardAD
 
 
 @_ce_op.register_vmap
@@ -493,8 +525,8 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
     reduction = _check_reduction(reduction, size_average, reduce)
     x, t, w = _class_last(input, target, weight)
     want_grad = torch.is_grad_enabled() and input.requires_grad
-    loss, _ = _CrossEntropy.apply(x, t, w, ignore_index, reduction, label_smoothing, z_loss, cap,
-                                 want_grad)
+    loss, _ = _cross_entropy_function().apply(x, t, w, ignore_index, reduction,
+                                              label_smoothing, z_loss, cap, want_grad)
     if loss.dtype != input.dtype:
         loss = loss.to(input.dtype)  # PyTorch returns half-precision losses
     if not (return_z_loss or return_token_accuracy or return_predicted_tokens):
@@ -596,6 +628,7 @@ def _bce_setup_context(ctx, inputs, output):
     ctx.set_materialize_grads(False)
     _keep_gradient(ctx, (logits, target, weight, pos_weight), output[1])
     ctx.reduction = reduction
+    ctx.save_for_forward(logits, target, weight, pos_weight, output[1])
 
 
 def _bce_backward(ctx, g_loss, g_grad):
@@ -604,26 +637,48 @@ def _bce_backward(ctx, g_loss, g_grad):
     result = None
     if g_loss is not None:
         def recompute(differentiable):
-            fn = _BinaryCrossEntropy.apply if differentiable else _bce_op
+            fn = (_BinaryCrossEntropy if torch.compiler.is_compiling() else
+                  _BinaryCrossEntropyForwardAD).apply if differentiable else _bce_op
             return fn(logits, target, weight, pos_weight, ctx.reduction, True)[1]
 
         # "none": the upstream gradient has the shape of the input
         elementwise = "elementwise" if ctx.reduction == "none" else "sum"
         result = _first_order(ctx, saved, g_loss, elementwise, recompute)
     if g_grad is not None and not torch.compiler.is_compiling():
-        # d2/dx2 of w [(1 - y) x + (1 + (pw - 1) y) softplus(-x)]
-        #   = w (1 + (pw - 1) y) sigmoid(x) sigmoid(-x)
-        s = torch.sigmoid(logits)
-        curvature = s * (1 - s)
-        if pos_weight is not None:
-            curvature = curvature * (1 + (pos_weight - 1) * target)
-        if weight is not None:
-            curvature = curvature * weight
-        h = curvature * g_grad
-        if ctx.reduction == "mean":
-            h = h / logits.numel()
+        h = _bce_hvp(logits, target, weight, pos_weight, ctx.reduction, g_grad)
         result = h if result is None else result + h
     return result, None, None, None, None, None
+
+
+def _bce_hvp(logits, target, weight, pos_weight, reduction, vec):
+    """The (diagonal) Hessian of binary cross-entropy applied to ``vec``:
+    d2/dx2 of w [(1 - y) x + (1 + (pw - 1) y) softplus(-x)]
+    = w (1 + (pw - 1) y) sigmoid(x) sigmoid(-x)."""
+    s = torch.sigmoid(logits)
+    curvature = s * (1 - s)
+    if pos_weight is not None:
+        curvature = curvature * (1 + (pos_weight - 1) * target)
+    if weight is not None:
+        curvature = curvature * weight
+    h = curvature * vec
+    if reduction == "mean":
+        h = h / logits.numel()
+    return h
+
+
+def _bce_jvp(ctx, logits_t, *_):
+    """Forward mode: the loss moves by grad . t, the gradient by H t."""
+    logits, target, weight, pos_weight, grad = ctx.saved_tensors
+    if logits_t is None:
+        return None, None
+    with_grad = grad.numel() == logits.numel() or logits.numel() == 0
+    if not with_grad:
+        grad = _bce_op(logits, target, weight, pos_weight, ctx.reduction, True)[1]
+    product = grad * logits_t
+    loss_t = product if ctx.reduction == "none" else product.sum()
+    if not with_grad:
+        return loss_t, logits_t.new_zeros((0,))
+    return loss_t, _bce_hvp(logits, target, weight, pos_weight, ctx.reduction, logits_t)
 
 
 _bce_op.register_autograd(_bce_backward, setup_context=_bce_setup_context)
@@ -640,6 +695,12 @@ class _BinaryCrossEntropy(torch.autograd.Function):
 
     setup_context = staticmethod(_bce_setup_context)
     backward = staticmethod(_bce_backward)
+
+
+class _BinaryCrossEntropyForwardAD(_BinaryCrossEntropy):
+    """As :class:`_CrossEntropyForwardAD`."""
+
+    jvp = staticmethod(_bce_jvp)
 
 
 @_bce_op.register_vmap
@@ -695,7 +756,8 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     w = None if weight is None else weight.to(compute)
     pw = None if pos_weight is None else pos_weight.to(compute)
     want_grad = torch.is_grad_enabled() and input.requires_grad
-    loss, _ = _BinaryCrossEntropy.apply(x, t, w, pw, reduction, want_grad)
+    fn = _BinaryCrossEntropy if torch.compiler.is_compiling() else _BinaryCrossEntropyForwardAD
+    loss, _ = fn.apply(x, t, w, pw, reduction, want_grad)
     return loss.to(input.dtype) if loss.dtype != input.dtype else loss
 
 
@@ -765,7 +827,8 @@ def _causal_lm_loss(logits: Tensor, labels: Tensor, vocab_size: int,
     reduction = "sum" if num_items_in_batch is not None else "mean"
     ignore_index, _, _, _ = _ce_arguments(x, t, None, ignore_index, 0.0, 0.0, None)
     want_grad = torch.is_grad_enabled() and x.requires_grad
-    loss, _ = _CrossEntropy.apply(x, t, None, ignore_index, reduction, 0.0, 0.0, 0.0, want_grad)
+    loss, _ = _cross_entropy_function().apply(x, t, None, ignore_index, reduction, 0.0, 0.0,
+                                              0.0, want_grad)
     if reduction == "sum":
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)

@@ -260,3 +260,32 @@ def test_option_grid_eager_double_backward_and_compiled(name):
     loss.backward()
     torch.testing.assert_close(loss.detach(), results[1][0].sum(), equal_nan=True)
     torch.testing.assert_close(leaf.grad, results[1][1], equal_nan=True)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_forward_mode_jvp_jacfwd_and_hessian(reduction):
+    x, target = sample((4, 5))
+    weight = torch.linspace(0.5, 1.5, 5, dtype=torch.float64)
+    vec = torch.randn(4, 5, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    options = dict(weight=weight, label_smoothing=0.1, reduction=reduction)
+    ours = torch.func.jvp(lambda z: ckt.cross_entropy(z, target, **options), (x,), (vec,))
+    theirs = torch.func.jvp(lambda z: F.cross_entropy(z, target, **options), (x,), (vec,))
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(
+        torch.func.hessian(lambda z: ckt.cross_entropy(z, target, **options).sum())(x),
+        torch.func.hessian(lambda z: F.cross_entropy(z, target, **options).sum())(x))
+    torch.testing.assert_close(
+        torch.func.jacfwd(lambda z: ckt.cross_entropy(z, target, **options))(x),
+        torch.func.jacfwd(lambda z: F.cross_entropy(z, target, **options))(x))
+    y = torch.rand(4, 5, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    pw = torch.linspace(0.5, 3.0, 5, dtype=torch.float64)
+
+    def bce(fn):
+        return lambda z: fn(z, y, reduction=reduction, pos_weight=pw).sum()
+
+    torch.testing.assert_close(torch.func.hessian(bce(ckt.binary_cross_entropy_with_logits))(x),
+                               torch.func.hessian(bce(F.binary_cross_entropy_with_logits))(x))
+    import torch.autograd.forward_ad as fwAD
+    with fwAD.dual_level():
+        out = ckt.cross_entropy(fwAD.make_dual(x, vec), target, **options)
+        torch.testing.assert_close(fwAD.unpack_dual(out).tangent, theirs[1])
