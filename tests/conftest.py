@@ -8,6 +8,28 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import ce_kernels as ck
 
+try:
+    from hypothesis import HealthCheck, settings
+except ImportError:  # the property tests are skipped without hypothesis
+    settings = None
+
+if settings is not None:
+    # "ci", the default: a few hundred examples per property, the same ones
+    # on every run (derandomize), nothing stored between runs, no deadline
+    # (a large vocabulary or a cold cache may take a while). "long"
+    # (pytest --hypothesis-profile=long): twenty times as many, drawn afresh
+    # on each run; a failure prints the seed to reproduce it.
+    _common = dict(
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.large_base_example],
+    )
+    settings.register_profile("ci", max_examples=300, derandomize=True, **_common)
+    settings.register_profile("long", max_examples=6000, derandomize=False, **_common)
+    settings.load_profile("ci")
+
 THREAD_COUNTS = [1, 2, 3, 8]
 
 
