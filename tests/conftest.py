@@ -9,12 +9,12 @@ sys.path.insert(0, os.path.dirname(__file__))
 import ce_kernels as ck
 
 try:
-    from hypothesis import HealthCheck, settings
+    from hypothesis import HealthCheck, Phase, settings
 except ImportError:  # the property tests are skipped without hypothesis
     settings = None
 
 if settings is not None:
-    # "ci", the default: a few hundred examples per property, the same ones
+    # "ci", the default: 400 examples per property, the same ones
     # on every run (derandomize), nothing stored between runs, no deadline
     # (a large vocabulary or a cold cache may take a while). "long"
     # (pytest --hypothesis-profile=long): twenty times as many, drawn afresh
@@ -26,8 +26,13 @@ if settings is not None:
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                HealthCheck.large_base_example],
     )
-    settings.register_profile("ci", max_examples=300, derandomize=True, **_common)
-    settings.register_profile("long", max_examples=6000, derandomize=False, **_common)
+    settings.register_profile("ci", max_examples=400, derandomize=True, **_common)
+    settings.register_profile("long", max_examples=8000, derandomize=False, **_common)
+    # "sanitize" (tools/sanitize.sh): a short run under ASan and UBSan, which
+    # make every call many times slower; no shrinking, since a sanitizer ends
+    # the process at its first report anyway.
+    settings.register_profile("sanitize", max_examples=100, derandomize=True,
+                              phases=[Phase.explicit, Phase.generate], **_common)
     settings.load_profile("ci")
 
 THREAD_COUNTS = [1, 2, 3, 8]
