@@ -31,7 +31,7 @@ if settings is not None:
     # "sanitize" (tools/sanitize.sh): a short run under ASan and UBSan, which
     # make every call many times slower; no shrinking, since a sanitizer ends
     # the process at its first report anyway.
-    settings.register_profile("sanitize", max_examples=100, derandomize=True,
+    settings.register_profile("sanitize", max_examples=50, derandomize=True,
                               phases=[Phase.explicit, Phase.generate], **_common)
     settings.load_profile("ci")
 
