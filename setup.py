@@ -4,6 +4,8 @@ OpenMP is probed by compiling and linking a small program with the compiler
 the build will use. Without it the extension is built single-threaded and
 the build says so. Set CE_KERNELS_NO_OPENMP=1 to build without OpenMP on
 purpose, and CE_KERNELS_DEBUG=1 for Cython bounds checks and -O0 -g.
+CE_KERNELS_SANITIZE=1 builds with AddressSanitizer and UndefinedBehaviorSanitizer
+(see tools/sanitize.sh for how to load such a build into CPython).
 """
 import glob
 import os
@@ -19,6 +21,7 @@ from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("CE_KERNELS_DEBUG", "") not in ("", "0")
 NO_OPENMP = os.environ.get("CE_KERNELS_NO_OPENMP", "") not in ("", "0")
+SANITIZE = os.environ.get("CE_KERNELS_SANITIZE", "") not in ("", "0")
 
 # Portable optimisation only: no tuning for the build machine's CPU (the
 # wheel must run on any x86-64; the instruction set is chosen at run time)
@@ -26,6 +29,20 @@ NO_OPENMP = os.environ.get("CE_KERNELS_NO_OPENMP", "") not in ("", "0")
 # not used.
 OPT_FLAGS = ["-O0", "-g"] if DEBUG else ["-O3"]
 COMMON_FLAGS = ["-fno-math-errno", "-fno-trapping-math", "-Wno-psabi"]
+
+# Memory errors (ASan) and undefined behaviour such as misaligned or
+# out-of-bounds accesses and signed overflow (UBSan), each fatal at its first
+# report so that a test run cannot pass over one. -O1 keeps the run fast
+# enough for a test suite while leaving the frames readable. The same flags
+# go to the linker so that the extension records its sanitizer runtimes.
+SANITIZE_FLAGS = [
+    "-fsanitize=address,undefined",
+    "-fno-sanitize-recover=all",
+    "-fno-omit-frame-pointer",
+    "-g",
+]
+if SANITIZE:
+    OPT_FLAGS = ["-O1"]
 
 OPENMP_PROBE = textwrap.dedent(
     """
@@ -79,6 +96,9 @@ class BuildExt(build_ext):
         for ext in self.extensions:
             ext.extra_compile_args = OPT_FLAGS + COMMON_FLAGS + (found[0] if found else [])
             ext.extra_link_args = list(found[1]) if found else []
+            if SANITIZE:
+                ext.extra_compile_args += SANITIZE_FLAGS
+                ext.extra_link_args += SANITIZE_FLAGS
         super().build_extensions()
 
 

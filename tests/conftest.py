@@ -8,6 +8,33 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import ce_kernels as ck
 
+try:
+    from hypothesis import HealthCheck, Phase, settings
+except ImportError:  # the property tests are skipped without hypothesis
+    settings = None
+
+if settings is not None:
+    # "ci", the default: 400 examples per property, the same ones
+    # on every run (derandomize), nothing stored between runs, no deadline
+    # (a large vocabulary or a cold cache may take a while). "long"
+    # (pytest --hypothesis-profile=long): twenty times as many, drawn afresh
+    # on each run; a failure prints the seed to reproduce it.
+    _common = dict(
+        deadline=None,
+        database=None,
+        print_blob=True,
+        suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
+                               HealthCheck.large_base_example],
+    )
+    settings.register_profile("ci", max_examples=400, derandomize=True, **_common)
+    settings.register_profile("long", max_examples=8000, derandomize=False, **_common)
+    # "sanitize" (tools/sanitize.sh): a short run under ASan and UBSan, which
+    # make every call many times slower; no shrinking, since a sanitizer ends
+    # the process at its first report anyway.
+    settings.register_profile("sanitize", max_examples=50, derandomize=True,
+                              phases=[Phase.explicit, Phase.generate], **_common)
+    settings.load_profile("ci")
+
 THREAD_COUNTS = [1, 2, 3, 8]
 
 

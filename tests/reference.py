@@ -217,3 +217,136 @@ def token_stats(logits, target, ignore_index=-100):
     p = np.exp(logp)
     entropy = -np.sum(np.where(p > 0, p * logp, 0.0), axis=-1)
     return nll, predicted, correct, entropy
+
+
+# ---- additions for the property tests --------------------------------------------
+# Spelled out for inputs the functions above do not take (z_loss, softcap and
+# grad_output together in the gradient), where NaN must propagate, or where
+# logits of magnitude 1e30 and more would lose the answer: log_softmax above
+# adds the maximum back into logsumexp and subtracts it again, which leaves
+# nothing of log(2) next to 1e30.
+
+def log_softmax_shifted(x, axis=-1):
+    """log softmax as (x - max) - log(sum(exp(x - max))), PyTorch's formula.
+
+    The maximum is never added back, so the result keeps its digits at any
+    magnitude. As in PyTorch, a row holding +inf (inf - inf) or only -inf
+    (-inf + inf) is NaN throughout, and NaN propagates.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    m = np.max(x, axis=axis, keepdims=True) if x.shape[axis] else np.zeros_like(x)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        shifted = x - m
+        return shifted - np.log(np.sum(np.exp(shifted), axis=axis, keepdims=True))
+
+
+def softmax_shifted(x, axis=-1):
+    return np.exp(log_softmax_shifted(x, axis))
+
+
+def cross_entropy_full(logits, target, weight=None, ignore_index=-100, reduction="mean",
+                       label_smoothing=0.0, z_loss=0.0, softcap=None):
+    """:func:`cross_entropy`, term for term, with :func:`log_softmax_shifted`."""
+    x = softcapped(logits, softcap)
+    n_classes = x.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
+    q, counted = _target_distribution(target, n_classes, label_smoothing, ignore_index)
+    logp = log_softmax_shifted(x)
+    coef = w * q
+    with np.errstate(invalid="ignore"):
+        # A class with no weight or no target mass adds 0, even where its
+        # log-probability is -inf; NaN (from NaN logits) still propagates.
+        terms = np.where(coef != 0, -coef * logp, np.where(np.isnan(logp), np.nan, 0.0))
+    per_position = terms.sum(axis=-1)
+    if z_loss:
+        per_position = per_position + z_loss * logsumexp(x) ** 2
+    per_position = np.where(counted, per_position, 0.0)
+    if reduction == "none":
+        return per_position
+    if reduction == "sum":
+        return per_position.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return per_position.sum() / _mean_denominator(target, w, counted)
+
+
+def softcapped(logits, softcap=None):
+    """The logits the softmax sees: softcap * tanh(x / softcap), or x."""
+    x = np.asarray(logits, dtype=np.float64)
+    if softcap is None:
+        return x
+    return softcap * np.tanh(x / softcap)
+
+
+def row_multiplier(target, n_classes, weight=None, ignore_index=-100, reduction="mean",
+                   grad_output=None):
+    """What each position's gradient is scaled by: grad_output (broadcast for
+    "none", a scalar otherwise), divided by the mean's denominator for "mean".
+    A mean over a total weight of 0 makes the gradient NaN, as in PyTorch."""
+    t = np.asarray(target)
+    batch_shape = t.shape[:-1] if t.dtype.kind == "f" else t.shape
+    if reduction == "none":
+        g = np.ones(batch_shape) if grad_output is None else np.asarray(grad_output, dtype=np.float64)
+        return np.broadcast_to(g, batch_shape).astype(np.float64)
+    g = np.float64(1.0 if grad_output is None else np.asarray(grad_output, dtype=np.float64).reshape(()))
+    if reduction == "mean":
+        w = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
+        counted = np.ones(batch_shape, dtype=bool) if t.dtype.kind == "f" else t != ignore_index
+        denominator = np.float64(_mean_denominator(t, w, counted))
+        g = g / denominator if denominator != 0 else np.float64(np.nan)
+    return np.full(batch_shape, g)
+
+
+def cross_entropy_grad_full(logits, target, weight=None, ignore_index=-100, reduction="mean",
+                            label_smoothing=0.0, z_loss=0.0, softcap=None, grad_output=None):
+    """d/d logits of :func:`cross_entropy` with every option.
+
+    With y = softcap(x), per counted position:
+    d loss / d y_j = p_j * sum_k(w_k q_k) - w_j q_j + 2 z_loss * logsumexp(y) * p_j,
+    and d y_j / d x_j = 1 - tanh(x_j / softcap)^2. Each position is scaled by
+    :func:`row_multiplier`; ignored positions are exactly 0 whatever the scale.
+    """
+    x = np.asarray(logits, dtype=np.float64)
+    y = softcapped(x, softcap)
+    n_classes = x.shape[-1]
+    w = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
+    q, counted = _target_distribution(target, n_classes, label_smoothing, ignore_index)
+    p = softmax_shifted(y)
+    coef = w * q
+    with np.errstate(invalid="ignore", over="ignore"):
+        grad = p * coef.sum(axis=-1, keepdims=True) - coef
+        if z_loss:
+            grad = grad + 2.0 * z_loss * logsumexp(y)[..., None] * p
+        if softcap is not None:
+            grad = grad * (1.0 - np.tanh(x / softcap) ** 2)
+        mult = row_multiplier(target, n_classes, weight, ignore_index, reduction, grad_output)
+        grad = grad * mult[..., None]
+    return np.where(counted[..., None], grad, 0.0)
+
+
+def predictive_entropy(logits):
+    """Entropy of softmax(logits) along the last axis: -sum p log p, where a
+    term with p == 0 is 0 and NaN propagates."""
+    logp = log_softmax_shifted(logits)
+    p = np.exp(logp)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p == 0, 0.0, p * logp)
+    return -terms.sum(axis=-1)
+
+
+def log_sigmoid(x):
+    """log sigmoid(x) = -softplus(-x)."""
+    return -softplus(-np.asarray(x, dtype=np.float64))
+
+
+def binary_cross_entropy_pytorch_formula(x, y, weight=None, pos_weight=None, reduction="mean"):
+    """The same loss written as PyTorch computes it,
+    w [(1 - y) x + (1 + (pw - 1) y) softplus(-x)]: equal to
+    :func:`binary_cross_entropy` for finite x, but for x = -inf with y > 0 it
+    gives NaN (-inf + inf) where the textbook form gives inf."""
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    w = 1.0 if weight is None else np.asarray(weight, dtype=np.float64)
+    pw = 1.0 if pos_weight is None else np.asarray(pos_weight, dtype=np.float64)
+    with np.errstate(invalid="ignore"):
+        loss = w * ((1 - y) * x + (1 + (pw - 1) * y) * softplus(-x))
+    return _reduce(np.broadcast_to(loss, x.shape), reduction)
