@@ -56,9 +56,9 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
     smoothing = v.check_label_smoothing(label_smoothing)
     ignore_index = v.check_ignore_index(ignore_index)
     z = v.check_z_loss(z_loss) if z_loss != 0.0 else 0.0
-    cap = v.check_softcap(softcap)
     n_threads = _threads.resolve(num_threads)
     dtype = v.native(x.dtype)
+    cap = v.check_softcap(softcap, dtype)
     n_classes = x.shape[-1]
     if n_classes == 0:
         raise ValueError("logits must have at least one class (its last axis has length 0)")
@@ -95,12 +95,14 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
 
 def _reduce(row_loss: np.ndarray, reduction: str, denominator: float,
             batch_shape: Tuple[int, ...], dtype: np.dtype):
-    if reduction == "none":
-        return row_loss.astype(dtype).reshape(batch_shape)
-    total = float(row_loss.sum())
-    if reduction == "sum":
-        return dtype.type(total)
-    return dtype.type(_ieee_divide(total, denominator))
+    # a loss beyond the result dtype's range is inf, as IEEE rounding gives, not a warning
+    with np.errstate(over="ignore"):
+        if reduction == "none":
+            return row_loss.astype(dtype).reshape(batch_shape)
+        total = float(row_loss.sum())
+        if reduction == "sum":
+            return dtype.type(total)
+        return dtype.type(_ieee_divide(total, denominator))
 
 
 def _ieee_divide(a: float, b: float) -> float:
@@ -211,7 +213,15 @@ def _small_mean_loss(x: np.ndarray, t: np.ndarray, ignore_index: Any, num_thread
         return None
     loss = _core.small_mean_loss(x, t, ignore_index, v.dtype_code(x.dtype),
                                  _threads.resolve(num_threads))
-    return None if loss is None else x.dtype.type(loss)
+    if loss is None:
+        return None
+    if abs(loss) > _FLOAT32_MAX:  # rounds to inf (as IEEE does), without a warning
+        with np.errstate(over="ignore"):
+            return x.dtype.type(loss)
+    return x.dtype.type(loss)
+
+
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,

@@ -205,13 +205,10 @@ def check_z_loss(z_loss: Any) -> float:
     return value
 
 
-#: The smallest soft-cap: the kernels divide by it in float32, and below the
-#: smallest normal float32 that reciprocal overflows.
-SOFTCAP_MIN = float(np.finfo(np.float32).tiny)
-
-
-def check_softcap(softcap: Any) -> float:
-    """0.0 for no soft-capping, else the validated positive cap."""
+def check_softcap(softcap: Any, dtype: np.dtype = np.dtype(np.float64)) -> float:
+    """0.0 for no soft-capping, else the validated positive cap for logits
+    of ``dtype``: at least the smallest normal number of the type the
+    kernels compute in, whose reciprocal they take (below it, it overflows)."""
     if softcap is None:
         return 0.0
     if isinstance(softcap, bool) or not isinstance(softcap, numbers.Real):
@@ -219,10 +216,11 @@ def check_softcap(softcap: Any) -> float:
     value = float(softcap)
     if not (value > 0.0 and math.isfinite(value)):
         raise ValueError(f"softcap must be None or a finite number > 0, got {softcap!r}")
-    if value < SOFTCAP_MIN:
+    smallest = float(np.finfo(compute_dtype(dtype)).tiny)
+    if value < smallest:
         raise ValueError(
-            f"softcap must be at least {SOFTCAP_MIN!r} (the smallest normal float32), "
-            f"got {softcap!r}")
+            f"softcap must be at least {smallest!r} (the smallest normal "
+            f"{compute_dtype(dtype).name}) for {dtype.name} logits, got {softcap!r}")
     return value
 
 

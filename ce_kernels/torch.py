@@ -449,7 +449,8 @@ def _ce_arguments(input: Tensor, target: Tensor, weight: Optional[Tensor], ignor
         ignore_index = v.check_ignore_index(ignore_index)
         label_smoothing = v.check_label_smoothing(label_smoothing)
         z_loss = v.check_z_loss(z_loss)
-        softcap = v.check_softcap(softcap)
+        softcap = v.check_softcap(softcap, np.dtype(np.float64 if input.dtype == torch.float64
+                                                    else np.float32))
     if target.is_floating_point():
         if tuple(target.shape) != tuple(input.shape):
             raise InputError(f"probability targets must have the shape of input "

@@ -486,7 +486,8 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
     case CE_MODE_TOKEN_STATS:
         if (result) {
             const int counted = p->target != NULL && p->target[r] != p->ignore_index;
-            *result = counted ? (m - target_logit) + log_sum : NAN;
+            /* a row holding +inf has no distribution: NaN, as its loss */
+            *result = counted && m != INFINITY ? (m - target_logit) + log_sum : NAN;
             /* H = sum_j p_j (lse - x_j) = log_sum + sum_j p_j (m - x_j) */
             p->row_entropy[r] = log_sum + ent / sum;
             p->row_argmax[r] = row_argmax(pl, r, st, m, isnan(sum));
@@ -519,7 +520,9 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         loss += p->z_loss * lse * lse;
         a_total += 2.0 * p->z_loss * lse;
     }
-    if (result) *result = loss;
+    /* A row holding +inf has no distribution: its loss is NaN, as
+     * PyTorch's (inf - inf), whatever the target. */
+    if (result) *result = m == INFINITY ? NAN : loss;
     row->g = scale * a_total / sum;
 }
 

@@ -226,6 +226,21 @@ def token_stats(logits, target, ignore_index=-100):
 # adds the maximum back into logsumexp and subtracts it again, which leaves
 # nothing of log(2) next to 1e30.
 
+def log_softmax_scipy(x, axis=-1):
+    """log softmax with SciPy's treatment of infinities: a row holding +inf
+    (and no NaN) has log-sum-exp +inf, so x - lse is NaN at +inf and -inf
+    elsewhere; otherwise as :func:`log_softmax_shifted`."""
+    x = np.asarray(x, dtype=np.float64)
+    out = log_softmax_shifted(x, axis=axis)
+    if x.size == 0:
+        return out
+    plus_inf = np.any(x == np.inf, axis=axis, keepdims=True) & ~np.any(np.isnan(x), axis=axis,
+                                                                        keepdims=True)
+    with np.errstate(invalid="ignore"):
+        scipy_rows = x - np.inf
+    return np.where(plus_inf, scipy_rows, out)
+
+
 def log_softmax_shifted(x, axis=-1):
     """log softmax as (x - max) - log(sum(exp(x - max))), PyTorch's formula.
 

@@ -110,9 +110,29 @@ def test_normalizers_of_non_finite_rows_follow_scipy(row, dtype):
                                        rtol=1e-6, atol=1e-7)
 
 
-def test_gradient_of_a_row_holding_plus_inf_is_nan():
-    """PyTorch's gradient there is NaN too (softmax is inf / inf)."""
-    loss, grad = ck.cross_entropy_with_grad(np.array([[np.inf, 1.0, 2.0]]), np.array([1]),
-                                            reduction="none")
-    assert loss[0] == np.inf
-    assert np.all(np.isnan(grad))
+@pytest.mark.parametrize("target", [0, 1])
+def test_loss_and_gradient_of_a_row_holding_plus_inf_are_nan(target):
+    """As PyTorch's (inf - inf), whatever the target."""
+    x = np.array([[np.inf, 1.0, 2.0]])
+    loss, grad = ck.cross_entropy_with_grad(x, np.array([target]), reduction="none")
+    assert np.isnan(loss[0]) and np.all(np.isnan(grad))
+    assert np.isnan(ck.token_stats(x, np.array([target])).nll[0])
+
+
+def test_float32_distribution_checked_at_float32_precision():
+    """A float32 q that sums to 1 within float32 rounding is a distribution,
+    even beside a float64 p."""
+    p = np.full(3, 1 / 3)
+    q = np.full(3, 1 / 3, dtype=np.float32)
+    assert abs(float(ck.kl_divergence(p, q))) < 1e-6
+    with pytest.raises(ValueError, match="q is not a probability distribution"):
+        ck.kl_divergence(p, np.array([0.5, 0.5, 0.1], dtype=np.float32))
+
+
+def test_loss_beyond_float32_range_is_inf_without_warning():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loss = ck.cross_entropy(np.array([[3e38, -3e38]], dtype=np.float32), np.array([1]))
+    assert loss == np.inf

@@ -2,6 +2,7 @@
 extreme options, rows with no distribution, thread counts out of reason,
 and calls interrupted from the keyboard. Each test here failed on an earlier
 version of the library."""
+import math
 import os
 import signal
 import subprocess
@@ -208,11 +209,21 @@ def test_unaligned_family_inputs(rng, aligned_bridge):
 
 # ---- soft-capping below the smallest normal float ---------------------------------
 
-@pytest.mark.parametrize("softcap", [1e-39, 5e-324, 1e-45])
-def test_softcap_below_smallest_normal_is_refused(softcap):
+@pytest.mark.parametrize("softcap, dtype", [(1e-39, np.float32), (1e-45, np.float32),
+                                            (5e-324, np.float64), (1e-310, np.float64)])
+def test_softcap_below_smallest_normal_is_refused(softcap, dtype):
+    """Below the smallest normal number of the compute type (whose
+    reciprocal the kernels take)."""
     with pytest.raises(ValueError, match="softcap must be at least"):
-        ck.cross_entropy_with_grad(np.zeros((2, 3), dtype=np.float32), np.array([0, 1]),
+        ck.cross_entropy_with_grad(np.zeros((2, 3), dtype=dtype), np.array([0, 1]),
                                    softcap=softcap)
+
+
+def test_tiny_softcap_with_float64_logits_is_computed():
+    loss, grad = ck.cross_entropy_with_grad(np.array([[0.5, -1.0, 2.0]]), np.array([0]),
+                                            softcap=1e-40)
+    assert loss == pytest.approx(math.log(3.0), rel=1e-12)
+    np.testing.assert_array_equal(grad, 0.0)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
