@@ -109,6 +109,8 @@ PER_PATH_TESTS=(
     tests/test_properties.py
 )
 ONCE_TESTS=(
+    tests/test_reliability.py
+    tests/test_edges.py
     tests/test_cross_entropy.py
     tests/test_family.py
     tests/test_errors.py
