@@ -74,13 +74,21 @@ with tarfile.open(sdist) as tar:
     names = tar.getnames()
 top = names[0].split("/")[0]
 for required in ("LICENSE", "CHANGELOG.md", "pyproject.toml", "setup.py",
-                 "ce_kernels/_core.pyx", "src/ce_kernels.h", "tests/conftest.py"):
+                 "ce_kernels/_core.pyx", "ce_kernels/capi.pyx", "ce_kernels/_cdefs.pxd",
+                 "ce_kernels/capi.pxd", "ce_kernels/include/ce_kernels.h",
+                 "ce_kernels/include/ce_kernels_python.h", "src/ce_internal.h",
+                 "docs/examples/capi/batch_scorer.pyx", "tests/conftest.py"):
     if f"{top}/{required}" not in names:
         sys.exit(f"build_wheels: {required} missing from {sdist}")
 with zipfile.ZipFile(wheel) as whl:
     names = whl.namelist()
 if not any(n.endswith(".dist-info/licenses/LICENSE") for n in names):
     sys.exit(f"build_wheels: LICENSE missing from {wheel}")
+# what other extensions compile against (ce_kernels.get_include(), cimport)
+for required in ("ce_kernels/include/ce_kernels.h", "ce_kernels/include/ce_kernels_python.h",
+                 "ce_kernels/capi.pxd", "ce_kernels/_cdefs.pxd"):
+    if required not in names:
+        sys.exit(f"build_wheels: {required} missing from {wheel}")
 if not any(n.startswith("ce_kernels.libs/libgomp") for n in names):
     print(f"build_wheels: note: no libgomp bundled in {wheel} (built without OpenMP?)")
 PY
