@@ -43,7 +43,9 @@ root_doc = "index"
 # Every cross-reference must resolve, except to other projects' objects
 # (no inventories of NumPy or PyTorch are fetched).
 nitpicky = True
-nitpick_ignore_regex = [(r"py:.*", r"(numpy|np|torch|ml_dtypes)(\..*)?")]
+# Objects of NumPy, PyTorch and ml_dtypes (no inventories are fetched), and
+# PyTorch's Tensor as the adapter's annotations name it.
+nitpick_ignore_regex = [(r"py:.*", r"(numpy|np|torch|ml_dtypes)(\..*)?|Tensor")]
 
 # Signatures as written; type hints shown in the signature only.
 autodoc_typehints = "signature"
