@@ -49,6 +49,18 @@ def _mean_denominator(target, w, counted):
     return np.sum(np.where(counted, w[np.where(counted, t, 0)], 0.0))
 
 
+def _reduce_positions(per_position, counted, reduction, target, w):
+    """Per-position losses reduced as PyTorch does: ignored positions count 0,
+    "mean" divides by :func:`_mean_denominator`."""
+    per_position = np.where(counted, per_position, 0.0)
+    if reduction == "none":
+        return per_position
+    if reduction == "sum":
+        return per_position.sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return per_position.sum() / _mean_denominator(target, w, counted)
+
+
 def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mean",
                   label_smoothing=0.0, z_loss=0.0, softcap=None):
     """torch.nn.functional.cross_entropy with the class axis last, in float64.
@@ -59,9 +71,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     same thing; the mean divides by sum of w_t over counted positions. With
     soft targets the mean divides by the number of positions.
     """
-    x = np.asarray(logits, dtype=np.float64)
-    if softcap is not None:
-        x = softcap * np.tanh(x / softcap)
+    x = softcapped(logits, softcap)
     n_classes = x.shape[-1]
     w = np.ones(n_classes) if weight is None else np.asarray(weight, dtype=np.float64)
     q, counted = _target_distribution(target, n_classes, label_smoothing, ignore_index)
@@ -70,13 +80,7 @@ def cross_entropy(logits, target, weight=None, ignore_index=-100, reduction="mea
     with np.errstate(invalid="ignore"):
         terms = np.where(coef != 0, -coef * logp, 0.0)
     per_position = terms.sum(axis=-1) + z_loss * logsumexp(x) ** 2
-    per_position = np.where(counted, per_position, 0.0)
-    if reduction == "none":
-        return per_position
-    if reduction == "sum":
-        return per_position.sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return per_position.sum() / _mean_denominator(target, w, counted)
+    return _reduce_positions(per_position, counted, reduction, target, w)
 
 
 def cross_entropy_grad(logits, target, weight=None, ignore_index=-100, reduction="mean",
@@ -275,13 +279,7 @@ def cross_entropy_full(logits, target, weight=None, ignore_index=-100, reduction
     per_position = terms.sum(axis=-1)
     if z_loss:
         per_position = per_position + z_loss * logsumexp(x) ** 2
-    per_position = np.where(counted, per_position, 0.0)
-    if reduction == "none":
-        return per_position
-    if reduction == "sum":
-        return per_position.sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return per_position.sum() / _mean_denominator(target, w, counted)
+    return _reduce_positions(per_position, counted, reduction, target, w)
 
 
 def softcapped(logits, softcap=None):
