@@ -15,6 +15,8 @@ cdef extern from "ce_kernels.h":
         CE_MODE_SOFTMAX
         CE_MODE_LOG_SOFTMAX
         CE_MODE_TOKEN_STATS
+        CE_MODE_ROW_STATS
+        CE_MODE_GRAD_FROM_LSE
     ctypedef enum ce_isa:
         CE_ISA_BASELINE
         CE_ISA_AVX2
@@ -22,6 +24,15 @@ cdef extern from "ce_kernels.h":
     ctypedef struct ce_interrupt:
         int (*poll)(void *ctx) noexcept nogil
         void *ctx
+    ctypedef struct ce_row_stats:
+        double max
+        double sumexp
+        double lin
+        double wsum
+        double target_logit
+        double target_weight
+        double target_found
+        double argmax
     ctypedef struct ce_problem:
         ce_dtype dtype
         ce_mode mode
@@ -46,6 +57,11 @@ cdef extern from "ce_kernels.h":
         double *row_entropy
         int64_t *row_argmax
         ce_interrupt interrupt
+        double *row_lse
+        int64_t vocab_start
+        int64_t vocab_size
+        ce_row_stats *row_stats
+        const double *lse_in
     int CE_OK
     int CE_ERR_NOMEM
     int CE_ERR_ARGS
@@ -65,6 +81,9 @@ cdef extern from "ce_kernels.h":
     const ce_kernels_api *ce_kernels_api_table() noexcept nogil
 
     int ce_run(const ce_problem *problem, int n_threads) nogil
+    int ce_merge_row_stats(const ce_row_stats *parts, int64_t n_parts, int64_t n_rows,
+                           ce_row_stats *out) nogil
+    int ce_finish_row_stats(const ce_problem *problem, const ce_row_stats *stats) nogil
     int ce_default_threads()
     int ce_max_threads()
     int ce_openmp_enabled()

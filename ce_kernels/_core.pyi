@@ -9,6 +9,9 @@ MODE_LOGSUMEXP: int
 MODE_SOFTMAX: int
 MODE_LOG_SOFTMAX: int
 MODE_TOKEN_STATS: int
+MODE_ROW_STATS: int
+MODE_GRAD_FROM_LSE: int
+ROW_STATS_FIELDS: Tuple[str, ...]
 DTYPE_FLOAT32: int
 DTYPE_FLOAT64: int
 DTYPE_FLOAT16: int
@@ -29,7 +32,15 @@ def run(mode: int, dtype: int, x: np.ndarray, *, out: Optional[np.ndarray] = ...
         row_scale: Optional[np.ndarray] = ..., row_out: Optional[np.ndarray] = ...,
         n_threads: int = ..., z_loss: float = ..., softcap: float = ...,
         row_entropy: Optional[np.ndarray] = ...,
-        row_argmax: Optional[np.ndarray] = ...) -> None: ...
+        row_argmax: Optional[np.ndarray] = ..., row_lse: Optional[np.ndarray] = ...,
+        vocab_start: int = ..., vocab_size: int = ...,
+        row_stats: Optional[np.ndarray] = ..., lse_in: Optional[np.ndarray] = ...) -> None: ...
+def merge_row_stats(parts: np.ndarray, out: np.ndarray) -> None: ...
+def finish_row_stats(stats: np.ndarray, target: np.ndarray, *, ignore_index: int = ...,
+                     weight_sum: float, smoothing: float = ..., z_loss: float = ...,
+                     vocab_size: int, row_out: Optional[np.ndarray] = ...,
+                     row_lse: Optional[np.ndarray] = ...,
+                     row_argmax: Optional[np.ndarray] = ...) -> None: ...
 def check_targets(target: np.ndarray, n_classes: int, ignore_index: int,
                   weight: Optional[np.ndarray]) -> Tuple[int, int, float]: ...
 def dist_run(mode: int, p: np.ndarray, q: Optional[np.ndarray], row_out: np.ndarray,

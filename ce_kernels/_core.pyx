@@ -9,6 +9,7 @@ cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pycapsule cimport PyCapsule_New
 from libc.stdint cimport int64_t, uint8_t
+from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
 from ce_kernels._cdefs cimport *
@@ -27,6 +28,11 @@ MODE_LOGSUMEXP = CE_MODE_LOGSUMEXP
 MODE_SOFTMAX = CE_MODE_SOFTMAX
 MODE_LOG_SOFTMAX = CE_MODE_LOG_SOFTMAX
 MODE_TOKEN_STATS = CE_MODE_TOKEN_STATS
+MODE_ROW_STATS = CE_MODE_ROW_STATS
+MODE_GRAD_FROM_LSE = CE_MODE_GRAD_FROM_LSE
+#: Fields of ``ce_row_stats``, in order: one row of a statistics array.
+ROW_STATS_FIELDS = ("max", "sumexp", "lin", "wsum", "target_logit", "target_weight",
+                    "target_found", "argmax")
 DTYPE_FLOAT32 = CE_FLOAT32
 DTYPE_FLOAT64 = CE_FLOAT64
 DTYPE_FLOAT16 = CE_FLOAT16
@@ -136,7 +142,8 @@ def run(int mode, int dtype, cnp.ndarray x, *, cnp.ndarray out=None, cnp.ndarray
         weight_sum=None, double smoothing=0.0, double grad_scale=1.0,
         cnp.ndarray row_scale=None, cnp.ndarray row_out=None, int n_threads=0,
         double z_loss=0.0, double softcap=0.0, cnp.ndarray row_entropy=None,
-        cnp.ndarray row_argmax=None):
+        cnp.ndarray row_argmax=None, cnp.ndarray row_lse=None, int64_t vocab_start=0,
+        int64_t vocab_size=0, cnp.ndarray row_stats=None, cnp.ndarray lse_in=None):
     """Run one kernel call; every option is named as the field of
     ``ce_problem`` it fills, and absent ones are NULL / 0.
 
@@ -144,10 +151,14 @@ def run(int mode, int dtype, cnp.ndarray x, *, cnp.ndarray out=None, cnp.ndarray
     axis and element type ``dtype`` (a DTYPE_* code); ``soft`` likewise in
     the compute type (float64 for float64 logits, else float32), as is
     ``weight``; ``target`` and ``row_argmax`` are int64, ``row_scale``,
-    ``row_out`` and ``row_entropy`` float64, all contiguous.
-    ``weight_sum`` defaults to the number of classes (no weights).
+    ``row_out``, ``row_entropy``, ``row_lse`` and ``lse_in`` float64,
+    ``row_stats`` float64 of shape (rows, len(ROW_STATS_FIELDS)), all
+    contiguous. ``weight_sum`` defaults to the number of classes (no
+    weights); with ``vocab_size`` (a vocabulary shard) ``weight`` has
+    ``vocab_size`` entries.
     """
     cdef ce_problem p
+    memset(&p, 0, sizeof(p))
     p.dtype = <ce_dtype>dtype
     p.mode = <ce_mode>mode
     p.n_rows = cnp.PyArray_DIM(x, 0)
@@ -170,12 +181,53 @@ def run(int mode, int dtype, cnp.ndarray x, *, cnp.ndarray out=None, cnp.ndarray
     p.row_out = <double *>data_or_null(row_out)
     p.row_entropy = <double *>data_or_null(row_entropy)
     p.row_argmax = <int64_t *>data_or_null(row_argmax)
+    p.row_lse = <double *>data_or_null(row_lse)
+    p.vocab_start = vocab_start
+    p.vocab_size = vocab_size
+    p.row_stats = <ce_row_stats *>data_or_null(row_stats)
+    p.lse_in = <const double *>data_or_null(lse_in)
     cdef Interruptible stop = interrupt_for(p.n_rows * p.n_cols)
     p.interrupt = stop.interrupt
     cdef int status
     with nogil:
         status = ce_run(&p, n_threads)
     stop.check(status)
+
+
+def merge_row_stats(cnp.ndarray parts, cnp.ndarray out):
+    """Merge row statistics ``parts`` (contiguous float64, shape (parts,
+    rows, len(ROW_STATS_FIELDS))) in part order into ``out`` (rows, fields)."""
+    cdef int status
+    cdef int64_t n_parts = cnp.PyArray_DIM(parts, 0), n_rows = cnp.PyArray_DIM(parts, 1)
+    with nogil:
+        status = ce_merge_row_stats(<const ce_row_stats *>cnp.PyArray_DATA(parts), n_parts,
+                                    n_rows, <ce_row_stats *>cnp.PyArray_DATA(out))
+    check_status(status)
+
+
+def finish_row_stats(cnp.ndarray stats, cnp.ndarray target, *, int64_t ignore_index=-100,
+                     double weight_sum, double smoothing=0.0, double z_loss=0.0,
+                     int64_t vocab_size, cnp.ndarray row_out=None, cnp.ndarray row_lse=None,
+                     cnp.ndarray row_argmax=None):
+    """Per-row losses (and log-sum-exp, argmax) of merged statistics
+    ``stats`` (contiguous float64, (rows, fields)); ``target`` int64."""
+    cdef ce_problem p
+    memset(&p, 0, sizeof(p))
+    p.n_rows = cnp.PyArray_DIM(stats, 0)
+    p.n_cols = vocab_size
+    p.vocab_size = vocab_size
+    p.target = <const int64_t *>cnp.PyArray_DATA(target)
+    p.ignore_index = ignore_index
+    p.weight_sum = weight_sum
+    p.smoothing = smoothing
+    p.z_loss = z_loss
+    p.row_out = <double *>data_or_null(row_out)
+    p.row_lse = <double *>data_or_null(row_lse)
+    p.row_argmax = <int64_t *>data_or_null(row_argmax)
+    cdef int status
+    with nogil:
+        status = ce_finish_row_stats(&p, <const ce_row_stats *>cnp.PyArray_DATA(stats))
+    check_status(status)
 
 
 def default_threads():
@@ -460,6 +512,7 @@ def small_mean_loss(cnp.ndarray x, cnp.ndarray target, int64_t ignore_index, int
             return None
         counted += 1
     cdef ce_problem p
+    memset(&p, 0, sizeof(p))
     p.dtype = <ce_dtype>dtype
     p.mode = CE_MODE_LOSS
     p.n_rows = n_rows

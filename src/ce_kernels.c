@@ -176,18 +176,30 @@ int64_t ce_parallel_threshold(void) { return CE_PARALLEL_THRESHOLD; }
 
 /* ---- one call's fixed facts -------------------------------------------- */
 
-typedef struct {
+typedef struct ce_plan {
     const ce_problem *p;
     const ce_leaf *leaf;
     size_t esize;            /* bytes per element                          */
     ce_dtype aux_dtype;      /* of weights and soft targets: the compute type */
     size_t aux_size;
     int64_t n_chunks;        /* chunks per row                             */
+    double n_classes;        /* the whole vocabulary: vocab_size or n_cols */
+    int stats_of_ignored;    /* ignored rows still give their lse / argmax */
     int store_exp;           /* sweep 1 stores exp(x - shift) to the output */
     int second_sweep;        /* the output is written                      */
     int one_pass;            /* chunks are offered a reference shift       */
     ce_chunk_opts opts;      /* chunk options (w, y set per chunk)         */
+    const struct ce_plan *quiet; /* this plan storing nothing: for ignored rows */
 } ce_plan;
+
+/* A row's statistics merged from its chunks, or from its shards. */
+typedef struct {
+    double max;              /* row maximum                                */
+    double sum;              /* sum_j exp(x_j - max)                       */
+    double lin;              /* linear sums (ce_chunk_opts), from max      */
+    double asum;
+    double ent;              /* entropy term, from max                     */
+} ce_merged;
 
 /* Everything sweep 2 needs about a row once sweep 1 is merged. */
 typedef struct {
@@ -239,8 +251,8 @@ static const char *row_of(const void *base, int64_t row, int64_t stride, size_t 
  * describe the distribution at an ignored position and only flag its NLL. */
 static int row_ignored(const ce_plan *pl, int64_t r)
 {
-    return pl->p->mode != CE_MODE_TOKEN_STATS && pl->p->target != NULL &&
-           pl->p->target[r] == pl->p->ignore_index;
+    return pl->p->mode != CE_MODE_TOKEN_STATS && pl->p->mode != CE_MODE_ROW_STATS &&
+           pl->p->target != NULL && pl->p->target[r] == pl->p->ignore_index;
 }
 
 static double row_weight(const ce_plan *pl, int64_t r)
@@ -255,6 +267,19 @@ static double row_scale(const ce_plan *pl, int64_t r)
     return p->grad_scale * (p->row_scale ? p->row_scale[r] : 1.0);
 }
 
+/* Whether out shares memory with x (in place, or overlapping views). */
+static int out_overlaps_x(const ce_problem *p, size_t esize)
+{
+    if (p->out == NULL) return 0;
+    const int64_t last = p->n_rows - 1;
+    const char *x0 = row_of(p->x, p->x_stride < 0 ? last : 0, p->x_stride, esize);
+    const char *x1 = row_of(p->x, p->x_stride < 0 ? 0 : last, p->x_stride, esize);
+    const char *o0 = row_of(p->out, p->out_stride < 0 ? last : 0, p->out_stride, esize);
+    const char *o1 = row_of(p->out, p->out_stride < 0 ? 0 : last, p->out_stride, esize);
+    const size_t row_bytes = (size_t)p->n_cols * esize;
+    return o0 < x1 + row_bytes && x0 < o1 + row_bytes;
+}
+
 static void plan_init(ce_plan *pl, const ce_problem *p)
 {
     memset(pl, 0, sizeof *pl);
@@ -264,24 +289,30 @@ static void plan_init(ce_plan *pl, const ce_problem *p)
     pl->aux_dtype = p->dtype == CE_FLOAT64 ? CE_FLOAT64 : CE_FLOAT32;
     pl->aux_size = dtype_size(pl->aux_dtype);
     pl->n_chunks = (p->n_cols + CE_CHUNK - 1) / CE_CHUNK;
+    pl->n_classes = (double)(p->vocab_size > 0 ? p->vocab_size : p->n_cols);
     const int is_loss = p->mode == CE_MODE_LOSS || p->mode == CE_MODE_LOSS_GRAD;
-    pl->opts.softcap = is_loss ? p->softcap : 0.0;
+    const int is_shard = p->mode == CE_MODE_ROW_STATS || p->mode == CE_MODE_GRAD_FROM_LSE;
+    pl->opts.softcap = is_loss || is_shard ? p->softcap : 0.0;
+    pl->stats_of_ignored = is_loss && (p->row_lse != NULL || p->row_argmax != NULL);
     /* Sweep 1 stores exp(x - shift) for sweep 2 to rescale, except with
      * soft-capping (the cap's derivative needs the logits, which in place
      * are gone) and for half-precision outputs (storing there would round
      * the exponentials twice): then sweep 2 recomputes them from x. */
     pl->store_exp = p->out != NULL && pl->opts.softcap == 0.0 && pl->esize >= 4 &&
                     (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX);
+    /* ...nor where the argmax, found after sweep 1, must read the logits. */
+    if (pl->store_exp && p->row_argmax != NULL && out_overlaps_x(p, pl->esize))
+        pl->store_exp = 0;
     pl->second_sweep = p->out != NULL &&
                        (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX ||
                         p->mode == CE_MODE_LOG_SOFTMAX);
     pl->opts.entropy = p->mode == CE_MODE_TOKEN_STATS;
     pl->opts.ref = -INFINITY;
-    if (is_loss) {
+    if (is_loss || is_shard) {
         if (p->soft) {
             pl->opts.active = 1;
             pl->opts.y_mul = 1.0 - p->smoothing;
-            pl->opts.y_add = p->smoothing / (double)p->n_cols;
+            pl->opts.y_add = p->smoothing / pl->n_classes;
         } else {
             pl->opts.active = p->smoothing > 0.0;
         }
@@ -299,7 +330,8 @@ static ce_chunk_opts chunk_opts(const ce_plan *pl, int64_t r, int64_t c)
     ce_chunk_opts opts = pl->opts;
     const int64_t j0 = c * CE_CHUNK;
     if (opts.active) {
-        if (p->weight) opts.w = (const char *)p->weight + (size_t)j0 * pl->aux_size;
+        if (p->weight)
+            opts.w = (const char *)p->weight + (size_t)(p->vocab_start + j0) * pl->aux_size;
         if (p->soft)
             opts.y = row_of(p->soft, r, p->soft_stride, pl->aux_size) + (size_t)j0 * pl->aux_size;
     }
@@ -345,7 +377,7 @@ static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c, double ref,
     const int64_t j0 = c * CE_CHUNK, n = chunk_len(pl, c);
     const char *x = row_of(p->x, r, p->x_stride, pl->esize);
     if (p->target) {
-        const int64_t t = p->target[r];
+        const int64_t t = p->target[r] - p->vocab_start;
         if (t >= j0 && t < j0 + n) *target_logit = capped(pl, load_as_double(x, t, p->dtype));
     }
     void *e = NULL;
@@ -358,8 +390,11 @@ static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c, double ref,
 
 /* ---- merge -------------------------------------------------------------- */
 
-/* First index of the row maximum m (the first NaN if the row has one, as
- * numpy.argmax): found in the first chunk whose maximum is m. */
+/* First index of the row maximum (the first NaN if the row has one, as
+ * numpy.argmax), found in the first chunk that holds it. With soft-capping
+ * m is capped: the chunks' own maxima are then taken again uncapped, so
+ * that the answer is the argmax of the logits (the cap keeps their order,
+ * up to the ties its rounding makes). */
 static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m,
                           int has_nan)
 {
@@ -369,12 +404,22 @@ static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         for (int64_t j = 0; j < p->n_cols; ++j)
             if (isnan(load_as_double(x, j, p->dtype))) return j;
     }
-    for (int64_t c = 0; c < pl->n_chunks; ++c) {
-        if (st[c].max != m) continue;
-        const int64_t j0 = c * CE_CHUNK, n = chunk_len(pl, c);
-        for (int64_t j = j0; j < j0 + n; ++j)
-            if (load_as_double(x, j, p->dtype) == m) return j;
+    int64_t best = -1;
+    if (pl->opts.softcap > 0.0) {
+        for (int64_t c = 0; c < pl->n_chunks; ++c) {
+            const double raw = pl->leaf->max(x + (size_t)(c * CE_CHUNK) * pl->esize,
+                                             chunk_len(pl, c), 0.0);
+            if (best < 0 || raw > m) {
+                m = raw;
+                best = c;
+            }
+        }
+    } else {
+        for (best = 0; best < pl->n_chunks - 1 && st[best].max != m; ++best) continue;
     }
+    const int64_t j0 = best * CE_CHUNK, n = chunk_len(pl, best);
+    for (int64_t j = j0; j < j0 + n; ++j)
+        if (load_as_double(x, j, p->dtype) == m) return j;
     return 0;
 }
 
@@ -386,9 +431,32 @@ static double chunk_weight(const ce_chunk_stats *s, double m)
     return s->max == -INFINITY ? 0.0 : exp(s->shift - m) * s->scale;
 }
 
+/* The merge of a row's parts st[0:n], in order: the chunks of a row, or
+ * the shards of a row's vocabulary (ce_merge_row_stats), so both merge
+ * alike. Sums are measured from the merged maximum. The sum of
+ * exponentials means nothing when the maximum is +inf: the callers set it. */
+static void merge_parts(const ce_chunk_stats *st, int64_t n, ce_merged *mg)
+{
+    double m = -INFINITY;
+    for (int64_t c = 0; c < n; ++c) m = st[c].max > m ? st[c].max : m;
+    double sum = 0.0, lin = 0.0, asum = 0.0, ent = 0.0;
+    for (int64_t c = 0; c < n; ++c) {
+        const double rel = chunk_weight(&st[c], m);
+        sum += st[c].sumexp * rel;
+        lin += st[c].lin + (st[c].asum != 0.0 ? st[c].asum * (m - st[c].shift) : 0.0);
+        asum += st[c].asum;
+        if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
+    }
+    mg->max = m;
+    mg->sum = sum;
+    mg->lin = lin;
+    mg->asum = asum;
+    mg->ent = ent;
+}
+
 /* Below this, a row's sum of exponentials is taken again exactly (see
- * row_sumexp): log(sum) < 0.118, where an absolute error of 1e-7 would
- * exceed 1e-6 of it. */
+ * row_sumexp_exact): log(sum) < 0.118, where an absolute error of 1e-7
+ * would exceed 1e-6 of it. */
 #define CE_EXACT_SUM_BELOW 1.125
 
 /* The chunk holds the row maximum m, and m is a number or +inf (a row of
@@ -399,24 +467,23 @@ static int holds_max(const ce_chunk_stats *s, double m)
 }
 
 /* The row's sum of exponentials relative to the row maximum m, merged in
- * chunk order. With exact, the chunks that hold m are re-added without
- * rounding in the compute type: sweep 1 adds a few exponentials per lane in
- * float before widening, and next to the maximum's exp(0) = 1 each such
- * addition loses up to 6e-8, which is most of log(sum) when the sum is
- * barely above 1 (a confident row, whose loss is small). Other chunks'
- * rounding is relative to their own, smaller, share. The exponentials
- * re-added are the ones sweep 1 computed: stored, or recomputed from the
- * logits with the same shift, so a loss does not depend on whether a
- * gradient was asked. */
-static double row_sumexp(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m,
-                         int exact)
+ * chunk order as merge_parts does, but with the chunks that hold m
+ * re-added without rounding in the compute type: sweep 1 adds a few
+ * exponentials per lane in float before widening, and next to the
+ * maximum's exp(0) = 1 each such addition loses up to 6e-8, which is most
+ * of log(sum) when the sum is barely above 1 (a confident row, whose loss
+ * is small). Other chunks' rounding is relative to their own, smaller,
+ * share. The exponentials re-added are the ones sweep 1 computed: stored,
+ * or recomputed from the logits with the same shift, so a loss does not
+ * depend on whether a gradient was asked. */
+static double row_sumexp_exact(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m)
 {
     const ce_problem *p = pl->p;
     const char *base = pl->store_exp ? row_of(p->out, r, p->out_stride, pl->esize)
                                      : row_of(p->x, r, p->x_stride, pl->esize);
     double sum = 0.0;
     for (int64_t c = 0; c < pl->n_chunks; ++c) {
-        if (exact && holds_max(&st[c], m)) {
+        if (holds_max(&st[c], m)) {
             const ce_chunk_opts opts = chunk_opts(pl, r, c);
             sum += pl->leaf->exact_sumexp(base + (size_t)(c * CE_CHUNK) * pl->esize,
                                           chunk_len(pl, c), pl->store_exp, st[c].shift, &opts) *
@@ -437,79 +504,42 @@ static int row_has_nan(const ce_plan *pl, int64_t r)
     return 0;
 }
 
-/* Merges the chunk stats of row r in chunk order, prepares sweep 2 and,
- * when result is not NULL, stores the row's loss or log-sum-exp there. */
-static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
-                          double target_logit, ce_row *row, double *result)
+/* Merges the chunk stats of row r; returns whether the row was read again
+ * after sweep 1 (to look for NaN, or for the exact sum of exponentials). */
+static int merge_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, ce_merged *mg)
 {
-    const ce_problem *p = pl->p;
-    const int64_t nc = pl->n_chunks;
-    const double neg_inf = -INFINITY;
-
-    double m = neg_inf;
-    for (int64_t c = 0; c < nc; ++c) m = st[c].max > m ? st[c].max : m;
-    double lin = 0.0, asum = 0.0, ent = 0.0;
-    for (int64_t c = 0; c < nc; ++c) {
-        const double rel = chunk_weight(&st[c], m);
-        lin += st[c].lin + (st[c].asum != 0.0 ? st[c].asum * (m - st[c].shift) : 0.0);
-        asum += st[c].asum;
-        if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
-    }
-    double sum;
-    row->reread = 0;
-    if (m == INFINITY) {
+    merge_parts(st, pl->n_chunks, mg);
+    if (mg->max == INFINITY) {
         /* exp(x - inf) means nothing: a row holding +inf has log-sum-exp
          * +inf (NaN if it also holds a NaN), as in NumPy and SciPy. */
-        sum = row_has_nan(pl, r) ? NAN : 1.0;
-    } else {
-        sum = row_sumexp(pl, r, st, m, 0);
-        row->reread = sum < CE_EXACT_SUM_BELOW;
-        if (row->reread) sum = row_sumexp(pl, r, st, m, 1);
+        mg->sum = row_has_nan(pl, r) ? NAN : 1.0;
+        return 1;
     }
-    const double log_sum = log(sum);
-    row->ignored = 0;
-    row->max = m;
-    row->log_sum = log_sum;
-    row->g = 0.0;
-    row->c = 0.0;
-    row->target_delta = 0.0;
+    if (!(mg->sum < CE_EXACT_SUM_BELOW)) return 0;
+    mg->sum = row_sumexp_exact(pl, r, st, mg->max);
+    return 1;
+}
 
-    switch (p->mode) {
-    case CE_MODE_LOGSUMEXP:
-        if (result) *result = m + log_sum;
-        return;
-    case CE_MODE_SOFTMAX:
-        row->g = 1.0 / sum;
-        return;
-    case CE_MODE_LOG_SOFTMAX:
-        return;
-    case CE_MODE_TOKEN_STATS:
-        if (result) {
-            const int counted = p->target != NULL && p->target[r] != p->ignore_index;
-            /* a row holding +inf has no distribution: NaN, as its loss */
-            *result = counted && m != INFINITY ? (m - target_logit) + log_sum : NAN;
-            /* H = sum_j p_j (lse - x_j) = log_sum + sum_j p_j (m - x_j) */
-            p->row_entropy[r] = log_sum + ent / sum;
-            p->row_argmax[r] = row_argmax(pl, r, st, m, isnan(sum));
-        }
-        return;
-    default:
-        break;
-    }
+/* ---- finishing ---------------------------------------------------------- */
 
-    /* Losses, written as sums of non-negative parts measured from the row
-     * maximum so that nothing cancels: lse - x_j = (m - x_j) + log_sum. */
-    const double eps = p->smoothing, V = (double)p->n_cols;
-    const double scale = row_scale(pl, r);
+/* The loss of a row (hard or soft targets) from its merged statistics,
+ * target logit and weight wt, and in row what sweep 2 needs for its
+ * gradient (times scale). Written as sums of non-negative parts measured
+ * from the row maximum so that nothing cancels:
+ * lse - x_j = (m - x_j) + log_sum. */
+static double finish_loss(const ce_problem *p, double n_classes, const ce_merged *mg,
+                          double target_logit, double wt, double scale, ce_row *row)
+{
+    const double eps = p->smoothing, V = n_classes;
+    const double m = mg->max, log_sum = row->log_sum;
     double loss, a_total;
     if (p->soft) {
-        loss = lin + asum * log_sum;
-        a_total = asum;
+        loss = mg->lin + mg->asum * log_sum;
+        a_total = mg->asum;
         row->c = scale;
     } else {
-        const double wt = row_weight(pl, r);
         loss = (1.0 - eps) * wt * ((m - target_logit) + log_sum);
-        if (eps > 0.0) loss += eps / V * (lin + p->weight_sum * log_sum);
+        if (eps > 0.0) loss += eps / V * (mg->lin + p->weight_sum * log_sum);
         a_total = (1.0 - eps) * wt + eps / V * p->weight_sum;
         row->c = scale * eps / V;
         row->target_delta = -scale * (1.0 - eps) * wt;
@@ -520,10 +550,153 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         loss += p->z_loss * lse * lse;
         a_total += 2.0 * p->z_loss * lse;
     }
+    row->g = scale * a_total / mg->sum;
     /* A row holding +inf has no distribution: its loss is NaN, as
      * PyTorch's (inf - inf), whatever the target. */
-    if (result) *result = m == INFINITY ? NAN : loss;
-    row->g = scale * a_total / sum;
+    return m == INFINITY ? NAN : loss;
+}
+
+/* The statistics of row r of a vocabulary shard (CE_MODE_ROW_STATS). */
+static ce_row_stats shard_stats(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
+                                const ce_merged *mg, double target_logit)
+{
+    const ce_problem *p = pl->p;
+    ce_row_stats rs;
+    memset(&rs, 0, sizeof rs);
+    rs.max = mg->max;
+    rs.sumexp = mg->sum;
+    rs.lin = mg->lin;
+    rs.wsum = mg->asum;
+    const int64_t t = p->target ? p->target[r] - p->vocab_start : -1;
+    if (t >= 0 && t < p->n_cols) {
+        rs.target_logit = target_logit;
+        rs.target_weight = row_weight(pl, r);
+        rs.target_found = 1.0;
+    }
+    rs.argmax = (double)(p->vocab_start + row_argmax(pl, r, st, mg->max, isnan(mg->sum)));
+    return rs;
+}
+
+/* Merges the chunk stats of row r in chunk order and finishes it for the
+ * mode: prepares sweep 2 and, when writer, stores the row's results. An
+ * ignored row (ignored) only stores its log-sum-exp and argmax. */
+static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
+                          double target_logit, ce_row *row, int writer, int ignored)
+{
+    const ce_problem *p = pl->p;
+    ce_merged mg;
+    row->reread = merge_row(pl, r, st, &mg);
+    const double m = mg.max, sum = mg.sum;
+    const double log_sum = log(sum);
+    row->ignored = ignored;
+    row->max = m;
+    row->log_sum = log_sum;
+    row->g = 0.0;
+    row->c = 0.0;
+    row->target_delta = 0.0;
+
+    switch (p->mode) {
+    case CE_MODE_LOGSUMEXP:
+        if (writer && p->row_out) p->row_out[r] = m + log_sum;
+        return;
+    case CE_MODE_SOFTMAX:
+        row->g = 1.0 / sum;
+        return;
+    case CE_MODE_LOG_SOFTMAX:
+        return;
+    case CE_MODE_TOKEN_STATS:
+        if (writer && p->row_out) {
+            const int counted = p->target != NULL && p->target[r] != p->ignore_index;
+            /* a row holding +inf has no distribution: NaN, as its loss */
+            p->row_out[r] = counted && m != INFINITY ? (m - target_logit) + log_sum : NAN;
+            /* H = sum_j p_j (lse - x_j) = log_sum + sum_j p_j (m - x_j) */
+            p->row_entropy[r] = log_sum + mg.ent / sum;
+            p->row_argmax[r] = row_argmax(pl, r, st, m, isnan(sum));
+        }
+        return;
+    case CE_MODE_ROW_STATS:
+        if (writer) p->row_stats[r] = shard_stats(pl, r, st, &mg, target_logit);
+        return;
+    default:
+        break;
+    }
+
+    if (writer) {
+        if (p->row_lse) p->row_lse[r] = m + log_sum;
+        if (p->row_argmax) p->row_argmax[r] = row_argmax(pl, r, st, m, isnan(sum));
+    }
+    if (ignored) return;
+    const double wt = p->soft ? 1.0 : row_weight(pl, r);
+    const double loss = finish_loss(p, pl->n_classes, &mg, target_logit, wt, row_scale(pl, r), row);
+    if (writer && p->row_out) p->row_out[r] = loss;
+}
+
+/* ---- statistics of vocabulary shards ------------------------------------ */
+
+int ce_merge_row_stats(const ce_row_stats *parts, int64_t n_parts, int64_t n_rows,
+                       ce_row_stats *out)
+{
+    if (n_parts < 1 || n_rows < 0 || parts == NULL || out == NULL) return CE_ERR_ARGS;
+    ce_chunk_stats *st = (ce_chunk_stats *)malloc((size_t)n_parts * sizeof *st);
+    if (st == NULL) return CE_ERR_NOMEM;
+    for (int64_t r = 0; r < n_rows; ++r) {
+        ce_row_stats rs;
+        memset(&rs, 0, sizeof rs);
+        int has_nan = 0;
+        /* each shard as a chunk measured from its own maximum */
+        for (int64_t k = 0; k < n_parts; ++k) {
+            const ce_row_stats *s = &parts[k * n_rows + r];
+            st[k].max = s->max;
+            st[k].shift = s->max == -INFINITY ? 0.0 : s->max;
+            st[k].sumexp = s->sumexp;
+            st[k].scale = 1.0;
+            st[k].lin = s->lin;
+            st[k].asum = s->wsum;
+            st[k].ent = 0.0;
+            has_nan |= isnan(s->sumexp);
+            rs.target_logit += s->target_logit;
+            rs.target_weight += s->target_weight;
+            rs.target_found += s->target_found;
+        }
+        ce_merged mg;
+        merge_parts(st, n_parts, &mg);
+        if (mg.max == INFINITY) mg.sum = has_nan ? NAN : 1.0;
+        /* the first NaN, else the first maximum, as row_argmax */
+        int64_t first = 0;
+        while (first < n_parts - 1 &&
+               (has_nan ? !isnan(parts[first * n_rows + r].sumexp)
+                        : parts[first * n_rows + r].max != mg.max))
+            ++first;
+        rs.max = mg.max;
+        rs.sumexp = mg.sum;
+        rs.lin = mg.lin;
+        rs.wsum = mg.asum;
+        rs.argmax = parts[first * n_rows + r].argmax;
+        out[r] = rs;
+    }
+    free(st);
+    return CE_OK;
+}
+
+int ce_finish_row_stats(const ce_problem *p, const ce_row_stats *stats)
+{
+    if (p->n_rows < 0 || p->target == NULL || stats == NULL) return CE_ERR_ARGS;
+    const double n_classes = (double)(p->vocab_size > 0 ? p->vocab_size : p->n_cols);
+    for (int64_t r = 0; r < p->n_rows; ++r) {
+        const ce_row_stats *s = &stats[r];
+        const ce_merged mg = {s->max, s->sumexp, s->lin, s->wsum, 0.0};
+        ce_row row;
+        memset(&row, 0, sizeof row);
+        row.log_sum = log(s->sumexp);
+        if (p->row_lse) p->row_lse[r] = s->max + row.log_sum;
+        if (p->row_argmax) p->row_argmax[r] = (int64_t)s->argmax;
+        if (p->row_out == NULL) continue;
+        p->row_out[r] = p->target[r] == p->ignore_index
+                            ? 0.0
+                            : finish_loss(p, n_classes, &mg, s->target_logit, s->target_weight,
+                                          1.0, &row);
+    }
+    return CE_OK;
 }
 
 /* ---- sweep 2 ------------------------------------------------------------ */
@@ -562,7 +735,8 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
     const double f = chunk_factor(&st[c], row);
     const ce_chunk_opts opts = chunk_opts(pl, r, c);
     /* the target's own term, added in the kernel before the output rounds */
-    const int64_t t_local = p->target && row->target_delta != 0.0 ? p->target[r] - j0 : -1;
+    const int64_t t_local =
+        p->target && row->target_delta != 0.0 ? p->target[r] - p->vocab_start - j0 : -1;
     if (pl->store_exp) {
         pl->leaf->rescale(out + (size_t)j0 * pl->esize, n, f, row->c, &opts, t_local,
                           row->target_delta);
@@ -573,25 +747,82 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
     }
 }
 
-/* ---- drivers ------------------------------------------------------------- */
+/* ---- the gradient of a shard from its row's log-sum-exp ------------------ */
 
-/* Row r from start to end on the calling thread. */
-static void run_row(const ce_plan *pl, int64_t r, ce_chunk_stats *st)
+/* Chunk c of row r in CE_MODE_GRAD_FROM_LSE: the gradient straight from
+ * the logits, in one sweep and without any statistics of the row. The
+ * softmax exp(x - lse) is taken as exp(x - s) * exp(s - lse), where s is
+ * lse rounded to the compute type, so that x - s is as exact as the x - max
+ * of sweep 1. Each element depends on its own logit only: the result is
+ * the same however the vocabulary is split. */
+static void lse_grad_chunk(const ce_plan *pl, int64_t r, int64_t c)
 {
     const ce_problem *p = pl->p;
     if (row_ignored(pl, r)) {
-        if (p->row_out) p->row_out[r] = 0.0;
-        if (pl->second_sweep)
-            for (int64_t c = 0; c < pl->n_chunks; ++c) zero_chunk(pl, r, c);
+        zero_chunk(pl, r, c);
         return;
     }
-    double target_logit = 0.0;
-    ce_row row;
-    const double ref = row_reference(pl, r);
-    for (int64_t c = 0; c < pl->n_chunks; ++c) sweep1_chunk(pl, r, c, ref, &st[c], &target_logit);
-    summarize_row(pl, r, st, target_logit, &row, p->row_out ? &p->row_out[r] : NULL);
-    if (pl->second_sweep)
-        for (int64_t c = 0; c < pl->n_chunks; ++c) sweep2_chunk(pl, r, c, st, &row);
+    const double lse = p->lse_in[r], eps = p->smoothing, V = pl->n_classes;
+    const double scale = row_scale(pl, r), wt = row_weight(pl, r);
+    double a_total = (1.0 - eps) * wt + eps / V * p->weight_sum;
+    if (p->z_loss != 0.0) a_total += 2.0 * p->z_loss * lse;
+    const double s = pl->esize == sizeof(double) ? lse : (double)(float)lse;
+    /* a row of -inf only, or holding +inf or NaN, has no distribution */
+    const double f = isfinite(lse) ? scale * a_total * exp(s - lse) : NAN;
+    const int64_t j0 = c * CE_CHUNK;
+    const ce_chunk_opts opts = chunk_opts(pl, r, c);
+    const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+    char *out = (char *)row_of(p->out, r, p->out_stride, pl->esize);
+    pl->leaf->rescale_from_x(x + (size_t)j0 * pl->esize, out + (size_t)j0 * pl->esize,
+                             chunk_len(pl, c), s, f, scale * eps / V, &opts,
+                             p->target[r] - p->vocab_start - j0, -scale * (1.0 - eps) * wt);
+}
+
+/* Every chunk of every row, spread evenly over the threads. */
+static void run_lse_grad(const ce_plan *pl, int n_threads, ce_stopper *stopper)
+{
+    const int64_t nc = pl->n_chunks, units = pl->p->n_rows * nc;
+#ifdef _OPENMP
+    #pragma omp parallel num_threads(n_threads)
+    {
+        const int caller = omp_get_thread_num() == 0;
+        #pragma omp for schedule(static)
+        for (int64_t u = 0; u < units; ++u) {
+            if (ce_stopper_stopped(stopper)) continue;
+            lse_grad_chunk(pl, u / nc, u % nc);
+            if (caller) ce_stopper_tick(stopper, chunk_len(pl, u % nc));
+        }
+    }
+#else
+    (void)n_threads;
+    for (int64_t u = 0; u < units && !ce_stopper_stopped(stopper); ++u) {
+        lse_grad_chunk(pl, u / nc, u % nc);
+        ce_stopper_tick(stopper, chunk_len(pl, u % nc));
+    }
+#endif
+}
+
+/* ---- drivers ------------------------------------------------------------- */
+
+/* Row r from start to end on the calling thread. An ignored row gives 0
+ * (and a zero gradient), and its statistics only when they are asked. */
+static void run_row(const ce_plan *pl, int64_t r, ce_chunk_stats *st)
+{
+    const ce_problem *p = pl->p;
+    const int ignored = row_ignored(pl, r);
+    if (ignored && p->row_out) p->row_out[r] = 0.0;
+    if (!ignored || pl->stats_of_ignored) {
+        const ce_plan *q = ignored ? pl->quiet : pl;
+        double target_logit = 0.0;
+        ce_row row;
+        const double ref = row_reference(q, r);
+        for (int64_t c = 0; c < q->n_chunks; ++c) sweep1_chunk(q, r, c, ref, &st[c], &target_logit);
+        summarize_row(q, r, st, target_logit, &row, 1, ignored);
+        if (!ignored && pl->second_sweep)
+            for (int64_t c = 0; c < pl->n_chunks; ++c) sweep2_chunk(pl, r, c, st, &row);
+    }
+    if (ignored && pl->second_sweep)
+        for (int64_t c = 0; c < pl->n_chunks; ++c) zero_chunk(pl, r, c);
 }
 
 /* Whole rows per thread: the common case of many rows. The calling thread
@@ -643,57 +874,78 @@ static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads,
             if (master && r > 0) ce_stopper_tick(stopper, p->n_cols);
             #pragma omp barrier
             if (ce_stopper_stopped(stopper)) break;
-            if (row_ignored(pl, r)) {
-                if (master && p->row_out) p->row_out[r] = 0.0;
-                if (pl->second_sweep) {
-                    #pragma omp for schedule(static)
-                    for (int64_t c = 0; c < nc; ++c) zero_chunk(pl, r, c);
-                }
-                continue;
-            }
-            const double ref = row_reference(pl, r);
-            /* every thread has read the first chunk before any stores over
-             * it (in place) */
-            if (pl->one_pass && pl->store_exp) {
-                #pragma omp barrier
-            }
-            #pragma omp for schedule(static)
-            for (int64_t c = 0; c < nc; ++c) sweep1_chunk(pl, r, c, ref, &st[c], &target_logit);
-            ce_row row;
-            summarize_row(pl, r, st, target_logit, &row,
-                          master && p->row_out ? &p->row_out[r] : NULL);
-            if (pl->second_sweep) {
-                /* every thread must have finished reading the row before
-                 * any overwrites it (in place, or the stored exponentials) */
-                if (row.reread) {
+            const int ignored = row_ignored(pl, r);
+            if (ignored && master && p->row_out) p->row_out[r] = 0.0;
+            if (!ignored || pl->stats_of_ignored) {
+                const ce_plan *q = ignored ? pl->quiet : pl;
+                const double ref = row_reference(q, r);
+                /* every thread has read the first chunk before any stores
+                 * over it (in place) */
+                if (q->one_pass && q->store_exp) {
                     #pragma omp barrier
                 }
                 #pragma omp for schedule(static)
-                for (int64_t c = 0; c < nc; ++c) sweep2_chunk(pl, r, c, st, &row);
-            } else {
+                for (int64_t c = 0; c < nc; ++c) sweep1_chunk(q, r, c, ref, &st[c], &target_logit);
+                ce_row row;
+                summarize_row(q, r, st, target_logit, &row, master, ignored);
+                if (!ignored && pl->second_sweep) {
+                    /* every thread must have finished reading the row
+                     * before any overwrites it (in place, or the stored
+                     * exponentials) */
+                    if (row.reread || p->row_argmax != NULL) {
+                        #pragma omp barrier
+                    }
+                    #pragma omp for schedule(static)
+                    for (int64_t c = 0; c < nc; ++c) sweep2_chunk(pl, r, c, st, &row);
+                    continue;
+                }
                 #pragma omp barrier
+            }
+            if (ignored && pl->second_sweep) {
+                #pragma omp for schedule(static)
+                for (int64_t c = 0; c < nc; ++c) zero_chunk(pl, r, c);
             }
         }
     }
 }
 #endif
 
+/* The outputs a mode needs are there. */
+static int outputs_given(const ce_problem *p)
+{
+    switch (p->mode) {
+    case CE_MODE_ROW_STATS: return p->row_stats != NULL;
+    case CE_MODE_GRAD_FROM_LSE: return p->out != NULL && p->lse_in != NULL && p->target != NULL;
+    default: return 1;
+    }
+}
+
 int ce_run(const ce_problem *p, int n_threads)
 {
-    if (p->n_rows < 0 || p->n_cols < 1 || p->x == NULL) return CE_ERR_ARGS;
+    if (p->n_rows < 0 || p->n_cols < 1 || p->x == NULL || p->vocab_start < 0 ||
+        !outputs_given(p))
+        return CE_ERR_ARGS;
     if (p->n_rows == 0) return CE_OK;
-    ce_plan pl;
+    ce_plan pl, quiet;
     plan_init(&pl, p);
+    /* ignored rows' statistics: sweep 1 storing nothing into the output */
+    quiet = pl;
+    quiet.store_exp = 0;
+    pl.quiet = quiet.quiet = &quiet;
 
     const int nt = ce_threads_for(p->n_rows * p->n_cols, p->n_rows * pl.n_chunks, n_threads);
+    ce_stopper stopper;
+    ce_stopper_init(&stopper, &p->interrupt);
+    if (p->mode == CE_MODE_GRAD_FROM_LSE) {
+        run_lse_grad(&pl, nt, &stopper);
+        return ce_stopper_stopped(&stopper) ? CE_INTERRUPTED : CE_OK;
+    }
 
     /* Few rows: split each row's vocabulary so every thread has work. */
     const int by_chunks = nt > 1 && p->n_rows < 4 * (int64_t)nt && pl.n_chunks >= nt;
     const size_t n_stats = (size_t)pl.n_chunks * (size_t)(by_chunks ? 1 : nt);
     ce_chunk_stats *scratch = (ce_chunk_stats *)malloc(n_stats * sizeof *scratch);
     if (scratch == NULL) return CE_ERR_NOMEM;
-    ce_stopper stopper;
-    ce_stopper_init(&stopper, &p->interrupt);
 #ifdef _OPENMP
     if (by_chunks)
         run_by_chunks(&pl, scratch, nt, &stopper);

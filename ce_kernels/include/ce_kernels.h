@@ -39,9 +39,30 @@ typedef enum {
     CE_MODE_LOGSUMEXP = 2,   /* row_out = log(sum(exp(x)))                      */
     CE_MODE_SOFTMAX = 3,     /* out = exp(x - logsumexp(x))                     */
     CE_MODE_LOG_SOFTMAX = 4, /* out = x - logsumexp(x)                          */
-    CE_MODE_TOKEN_STATS = 5  /* row_out = NLL of the target (NaN if ignored),
+    CE_MODE_TOKEN_STATS = 5, /* row_out = NLL of the target (NaN if ignored),
                                 row_entropy, row_argmax                        */
+    CE_MODE_ROW_STATS = 6,   /* row_stats = statistics of a vocabulary shard    */
+    CE_MODE_GRAD_FROM_LSE = 7 /* out = d loss / d logits of a vocabulary shard,
+                                 from the row's log-sum-exp lse_in              */
 } ce_mode;
+
+/*
+ * What one row's logits in one vocabulary shard contribute to the row's
+ * loss (CE_MODE_ROW_STATS). Sums are measured from the shard's maximum, so
+ * every term is non-negative and nothing cancels. Shards of one row merge
+ * with ce_merge_row_stats; ce_finish_row_stats turns merged statistics
+ * into losses. All fields are doubles so that a row is 8 doubles to send.
+ */
+typedef struct {
+    double max;           /* largest (soft-capped) logit; -inf if none        */
+    double sumexp;        /* sum_j exp(x_j - max)                              */
+    double lin;           /* label smoothing: sum_j w_j * (max - x_j); else 0  */
+    double wsum;          /* label smoothing: sum_j w_j; else 0                */
+    double target_logit;  /* the target's (soft-capped) logit; 0 if elsewhere  */
+    double target_weight; /* its class weight (1 without weights); 0 if elsewhere */
+    double target_found;  /* 1 if the target is in the shard, else 0           */
+    double argmax;        /* global class id of the first largest logit        */
+} ce_row_stats;
 
 /* Instruction-set paths the kernels are compiled for. */
 typedef enum {
@@ -105,9 +126,24 @@ typedef struct {
 
     double *row_out;        /* n_rows results: loss or log-sum-exp           */
     double *row_entropy;    /* token stats: entropy of the softmax (nats)    */
-    int64_t *row_argmax;    /* token stats: first index of the largest logit */
+    int64_t *row_argmax;    /* token stats, and optionally the loss modes:
+                               first index of the largest logit             */
 
     ce_interrupt interrupt; /* optional early stop (poll NULL: none)       */
+
+    /* Optional output of the loss modes: each row's log-sum-exp of the
+     * (soft-capped) logits, ignored rows included; NULL: none. */
+    double *row_lse;
+
+    /* Vocabulary shards (CE_MODE_ROW_STATS, CE_MODE_GRAD_FROM_LSE): x holds
+     * the classes [vocab_start, vocab_start + n_cols) of vocab_size
+     * (0: n_cols); targets are global class ids, weight has vocab_size
+     * entries indexed by them and weight_sum sums all of them. */
+    int64_t vocab_start;
+    int64_t vocab_size;
+    ce_row_stats *row_stats;  /* CE_MODE_ROW_STATS output, n_rows          */
+    const double *lse_in;     /* CE_MODE_GRAD_FROM_LSE: each row's log-sum-exp
+                                 over the whole vocabulary                   */
 } ce_problem;
 
 /* Status codes. */
@@ -120,6 +156,18 @@ typedef struct {
 /* Runs a problem on up to n_threads threads (<= 0 means OpenMP's default).
  * Results do not depend on the number of threads. */
 int ce_run(const ce_problem *problem, int n_threads);
+
+/* Merges the statistics of n_parts shards of the same n_rows rows, stored
+ * part after part (parts[k * n_rows + r]), in part order, into out
+ * (n_rows). The row driver merges its chunks with the same arithmetic. */
+int ce_merge_row_stats(const ce_row_stats *parts, int64_t n_parts, int64_t n_rows,
+                       ce_row_stats *out);
+
+/* The per-row results of merged statistics, as CE_MODE_LOSS gives them on
+ * the whole vocabulary: row_out (loss, 0 for ignored rows) and, when not
+ * NULL, row_lse and row_argmax. Reads n_rows, target, ignore_index,
+ * weight_sum, smoothing, z_loss and vocab_size (0: n_cols) of problem. */
+int ce_finish_row_stats(const ce_problem *problem, const ce_row_stats *stats);
 
 /* The number of threads OpenMP would use by default (1 without OpenMP). */
 int ce_default_threads(void);
@@ -171,7 +219,7 @@ void ce_floor_update_f32(float *x, int64_t n, float factor, int n_threads);
  *
  * Every function is thread-safe: call it from any thread, without the GIL,
  * concurrently. n_threads is honoured as documented for ce_run. */
-#define CE_KERNELS_ABI_VERSION 1
+#define CE_KERNELS_ABI_VERSION 1   /* not yet in a release: still growing */
 
 /* The capsule's name, also where it lives: ce_kernels.capi._C_API. */
 #define CE_KERNELS_CAPSULE_NAME "ce_kernels.capi._C_API"
