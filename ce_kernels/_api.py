@@ -11,7 +11,7 @@ import numpy as np
 from . import _core
 from . import _threads
 from . import _validation as v
-from ._rows import Problem, TokenStats, result_scalar
+from ._rows import Problem, RowExtras, TokenStats, result_scalar
 
 __all__ = [
     "TokenStats",
@@ -26,7 +26,10 @@ __all__ = [
 
 def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
                label_smoothing: Any, num_threads: Any, want_grad: bool,
-               grad_output: Any = None, out: Any = None, z_loss: Any = 0.0, softcap: Any = None):
+               grad_output: Any = None, out: Any = None, z_loss: Any = 0.0, softcap: Any = None,
+               extras: Optional[RowExtras] = None):
+    """The public loss functions; ``extras`` (flat, one entry per position)
+    also receives each row's log-sum-exp and argmax from the same pass."""
     x = v.as_float_array(logits, "logits", allow_half=True)
     problem = Problem(x.dtype, x.shape[-1], weight=weight, ignore_index=ignore_index,
                       reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
@@ -40,9 +43,9 @@ def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reducti
         grad = v.KernelOutput(out, x.shape, problem.dtype,
                               {"logits": x, "target": target, "weight": weight,
                                "grad_output": grad_output}, in_place="logits")
-        problem.loss_grad_rows(rows, targets, grad.rows, row_loss, scale, row_scale)
+        problem.loss_grad_rows(rows, targets, grad.rows, row_loss, scale, row_scale, extras)
     else:
-        problem.loss_rows(rows, targets, row_loss)
+        problem.loss_rows(rows, targets, row_loss, extras)
     loss = problem.reduce(row_loss, targets, batch_shape)
     return (loss, grad.finish()) if want_grad else loss
 

@@ -40,6 +40,21 @@ class TokenStats(NamedTuple):
     """Entropy of the predicted distribution (nats, dtype as ``nll``)."""
 
 
+class RowExtras(NamedTuple):
+    """Optional outputs of the loss pass, one entry per row, filled by the
+    same pass that computes the loss (every row, ignored ones included)."""
+
+    lse: Optional[np.ndarray]
+    """float64 log-sum-exp of the (soft-capped) logits, or None."""
+    argmax: Optional[np.ndarray]
+    """int64 index of the first largest logit, or None."""
+
+    @classmethod
+    def empty(cls, n_rows: int, lse: bool = True, argmax: bool = True) -> "RowExtras":
+        return cls(np.empty(n_rows) if lse else None,
+                   np.empty(n_rows, dtype=np.int64) if argmax else None)
+
+
 class Targets:
     """Targets of a batch in the form the kernels take: flat int64 class
     indices (``hard``) or 2-D probability rows in the compute dtype
@@ -139,25 +154,31 @@ class Problem:
 
     # ---- the kernels on validated rows ----------------------------------------------
 
-    def loss_rows(self, rows: np.ndarray, targets: Targets, row_out: np.ndarray) -> None:
+    def loss_rows(self, rows: np.ndarray, targets: Targets, row_out: np.ndarray,
+                  extras: Optional["RowExtras"] = None) -> None:
         """The loss of each row (float64, unreduced) into ``row_out``."""
-        self._run(_core.MODE_LOSS, rows, targets, None, row_out, 1.0, None)
+        self._run(_core.MODE_LOSS, rows, targets, None, row_out, 1.0, None, extras)
 
     def loss_grad_rows(self, rows: np.ndarray, targets: Targets, out: np.ndarray,
                        row_out: np.ndarray, grad_scale: float = 1.0,
-                       row_scale: Optional[np.ndarray] = None) -> None:
+                       row_scale: Optional[np.ndarray] = None,
+                       extras: Optional["RowExtras"] = None) -> None:
         """The loss of each row into ``row_out`` and its gradient, times
         ``grad_scale`` (and ``row_scale[i]`` for row i), into ``out`` (rows
         of the same shape; it may be ``rows`` itself)."""
-        self._run(_core.MODE_LOSS_GRAD, rows, targets, out, row_out, grad_scale, row_scale)
+        self._run(_core.MODE_LOSS_GRAD, rows, targets, out, row_out, grad_scale, row_scale,
+                  extras)
 
     def _run(self, mode: int, rows: np.ndarray, targets: Targets, out: Optional[np.ndarray],
-             row_out: np.ndarray, grad_scale: float, row_scale: Optional[np.ndarray]) -> None:
+             row_out: np.ndarray, grad_scale: float, row_scale: Optional[np.ndarray],
+             extras: Optional["RowExtras"]) -> None:
         _core.run(mode, self.code, rows, out=out, target=targets.hard,
                   ignore_index=self.ignore_index, soft=targets.soft, weight=self.weight,
                   weight_sum=self.weight_sum, smoothing=self.smoothing, grad_scale=grad_scale,
                   row_scale=row_scale, row_out=row_out, n_threads=self.n_threads,
-                  z_loss=self.z_loss, softcap=self.softcap)
+                  z_loss=self.z_loss, softcap=self.softcap,
+                  row_lse=None if extras is None else extras.lse,
+                  row_argmax=None if extras is None else extras.argmax)
 
     def token_stats_rows(self, rows: np.ndarray, targets: Targets) -> TokenStats:
         """NLL, argmax, correctness and entropy of each row, with hard

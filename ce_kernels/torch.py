@@ -35,6 +35,7 @@ from torch import Tensor
 from . import _api
 from . import _family
 from . import _validation as v
+from ._rows import RowExtras
 
 __all__ = [
     "cross_entropy",
@@ -154,42 +155,57 @@ _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.flo
 @torch.library.custom_op("ce_kernels::cross_entropy", mutates_args=())
 def _ce_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
            reduction: str, label_smoothing: float, z_loss: float, softcap: float,
-           want_grad: bool) -> Tuple[Tensor, Tensor]:
-    """(loss, d sum(loss) / d logits) with the class axis last; the gradient
-    is empty when ``want_grad`` is False. ``softcap`` 0 means none. Losses
-    of half-precision logits are float32."""
+           want_grad: bool, want_row_stats: bool = False
+           ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(loss, d sum(loss) / d logits, row log-sum-exp, row argmax) with the
+    class axis last. The gradient is empty when ``want_grad`` is False; the
+    log-sum-exp (float64) and argmax (int64) of every position, from the
+    same pass, are empty when ``want_row_stats`` is False. ``softcap`` 0
+    means none. Losses of half-precision logits are float32."""
     x = _as_numpy(logits)
     options = dict(weight=None if weight is None else _as_numpy(weight),
                    ignore_index=ignore_index, reduction=reduction,
                    label_smoothing=label_smoothing, z_loss=z_loss,
                    softcap=softcap if softcap > 0 else None)
+    batch_shape = tuple(logits.shape[:-1])
+    extras = RowExtras.empty(math.prod(batch_shape)) if want_row_stats else None
     with _torch_errors():
         if want_grad:
             grad = _grad_buffer(logits.shape, logits.dtype)
-            loss, _ = _api.cross_entropy_with_grad(x, _as_numpy(target), out=_as_numpy(grad),
-                                                   **options)
+            loss, _ = _api._loss_call(x, _as_numpy(target), want_grad=True,
+                                      out=_as_numpy(grad), extras=extras, num_threads=None,
+                                      **options)
         else:
             grad = logits.new_empty((0,))
-            loss = _api.cross_entropy(x, _as_numpy(target), **options)
-    return torch.from_numpy(np.array(loss, copy=True)), grad
+            loss = _api._loss_call(x, _as_numpy(target), want_grad=False, extras=extras,
+                                   num_threads=None, **options)
+    if extras is None:
+        lse, argmax = logits.new_empty((0,), dtype=torch.float64), \
+            logits.new_empty((0,), dtype=torch.int64)
+    else:
+        lse = torch.from_numpy(extras.lse).reshape(batch_shape)
+        argmax = torch.from_numpy(extras.argmax).reshape(batch_shape)
+    return torch.from_numpy(np.array(loss, copy=True)), grad, lse, argmax
 
 
 @_ce_op.register_fake
 def _ce_fake(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap,
-             want_grad):
+             want_grad, want_row_stats=False):
     shape = logits.shape[:-1] if reduction == "none" else ()
     loss = logits.new_empty(shape, dtype=_loss_dtype(logits.dtype))
     grad = logits.new_empty(logits.shape if want_grad else (0,))
-    return loss, grad
+    row_shape = logits.shape[:-1] if want_row_stats else (0,)
+    return (loss, grad, logits.new_empty(row_shape, dtype=torch.float64),
+            logits.new_empty(row_shape, dtype=torch.int64))
 
 
 def _ce_setup_context(ctx, inputs, output):
-    logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap, _ = inputs
-    _, grad = output
+    logits, target, weight, ignore_index, reduction, label_smoothing, z_loss, softcap = inputs[:8]
+    grad = output[1]
     # The gradient output is unused in a first backward; without this,
     # autograd would fill a logits-sized tensor of zeros for it.
     ctx.set_materialize_grads(False)
-    _keep_gradient(ctx, (logits, target, weight), grad)
+    _keep_gradient(ctx, (logits, target, weight), grad, output[2:])
     ctx.options = (ignore_index, reduction, label_smoothing, z_loss, softcap)
     ctx.save_for_forward(logits, target, weight, grad)
 
@@ -204,18 +220,19 @@ def _ce_jvp(ctx, logits_t, *_):
     with_grad = grad.numel() == logits.numel() or logits.numel() == 0
     if not with_grad:            # called without want_grad: the gradient output is empty
         grad = _ce_op(logits, target, weight, ignore_index, reduction, label_smoothing,
-                      z_loss, softcap, True)[1]
+                      z_loss, softcap, True, False)[1]
     product = grad.to(_loss_dtype(grad.dtype)) * logits_t.to(_loss_dtype(grad.dtype))
     loss_t = product.sum(-1) if reduction == "none" else product.sum()
     if not with_grad:
-        return loss_t, logits_t.new_zeros((0,))
+        return loss_t, logits_t.new_zeros((0,)), None, None
     grad_t = _ce_hvp(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                      softcap, logits_t)
-    return loss_t, grad_t
+    return loss_t, grad_t, None, None
 
 
-def _keep_gradient(ctx, tensors, grad: Tensor) -> None:
-    """Save the inputs backward needs, and the forward's gradient.
+def _keep_gradient(ctx, tensors, grad: Tensor, row_stats=()) -> None:
+    """Save the inputs backward needs, and the forward's gradient; mark the
+    per-row statistics (reported detached) non-differentiable.
 
     In eager mode the gradient is kept as a plain attribute, not a saved
     tensor: ``loss.backward()`` then hands the buffer itself to autograd
@@ -236,7 +253,9 @@ def _keep_gradient(ctx, tensors, grad: Tensor) -> None:
         # A traced backward receives a (zero) tangent for every
         # differentiable output and would compute the Hessian-vector product
         # of it; compiled graphs do not support double backward anyway.
-        ctx.mark_non_differentiable(grad)
+        ctx.mark_non_differentiable(grad, *row_stats)
+    elif row_stats:
+        ctx.mark_non_differentiable(*row_stats)
 
 
 def _first_order(ctx, saved, g_loss: Tensor, reduction: str, recompute) -> Tensor:
@@ -285,7 +304,7 @@ def _scale(grad: Tensor, g_loss: Tensor, reduction: str) -> Tensor:
     return grad * g_loss
 
 
-def _ce_backward(ctx, g_loss, g_grad):
+def _ce_backward(ctx, g_loss, g_grad, *_row_stats):
     saved = ctx.saved_tensors
     logits, target, weight = saved[:3]
     ignore_index, reduction, label_smoothing, z_loss, softcap = ctx.options
@@ -294,7 +313,7 @@ def _ce_backward(ctx, g_loss, g_grad):
         def recompute(differentiable):
             fn = _cross_entropy_function().apply if differentiable else _ce_op
             return fn(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                      softcap, True)[1]
+                      softcap, True, False)[1]
 
         result = _first_order(ctx, saved, g_loss, reduction, recompute)
     if g_grad is not None and not torch.compiler.is_compiling():
@@ -304,7 +323,7 @@ def _ce_backward(ctx, g_loss, g_grad):
         h = _ce_hvp(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
                     softcap, g_grad)
         result = h if result is None else result + h
-    return result, None, None, None, None, None, None, None, None
+    return result, None, None, None, None, None, None, None, None, None
 
 
 def _ce_hvp(x: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
@@ -378,9 +397,9 @@ class _CrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                softcap, want_grad):
+                softcap, want_grad, want_row_stats):
         return _ce_op(logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                      softcap, want_grad)
+                      softcap, want_grad, want_row_stats)
 
     setup_context = staticmethod(_ce_setup_context)
     backward = staticmethod(_ce_backward)
@@ -401,16 +420,14 @@ def _cross_entropy_function():
 def _ce_vmap(info, in_dims, logits, target, weight, *options):
     """One call per vmapped slice: the kernels take a batch of rows but a
     reduction per slice, so slices are computed one by one and stacked."""
-    losses, grads = [], []
+    slices = []
     tensors = (logits, target, weight)
     for b in range(info.batch_size):
         args = [t if d is None else t.select(d, b) for t, d in zip(tensors, in_dims[:3])]
-        loss, grad = _ce_op(*args, *options)
-        losses.append(loss)
-        grads.append(grad)
-    if not losses:
+        slices.append(_ce_op(*args, *options))
+    if not slices:
         raise InputError("ce_kernels.torch: vmap over a dimension of size 0 is not supported")
-    return (torch.stack(losses), torch.stack(grads)), (0, 0)
+    return tuple(torch.stack(outputs) for outputs in zip(*slices)), (0, 0, 0, 0)
 
 
 class _CrossEntropyInPlace(torch.autograd.Function):
@@ -425,21 +442,28 @@ class _CrossEntropyInPlace(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, logits, target, weight, ignore_index, reduction, label_smoothing, z_loss,
-                softcap):
+                softcap, want_row_stats):
         x = _as_numpy(logits)
+        batch_shape = tuple(logits.shape[:-1])
+        extras = RowExtras.empty(math.prod(batch_shape), want_row_stats, want_row_stats)
         with _torch_errors():
-            loss, _ = _api.cross_entropy_with_grad(
-                x, _as_numpy(target), out=x, weight=None if weight is None else _as_numpy(weight),
+            loss, _ = _api._loss_call(
+                x, _as_numpy(target), weight=None if weight is None else _as_numpy(weight),
                 ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                z_loss=z_loss, softcap=softcap if softcap > 0 else None)
+                num_threads=None, want_grad=True, out=x, z_loss=z_loss,
+                softcap=softcap if softcap > 0 else None, extras=extras)
         torch.autograd.graph.increment_version(logits)
         ctx.grad = logits.detach()
         ctx.reduction = reduction
-        return torch.from_numpy(np.array(loss, copy=True))
+        row_lse, argmax = (torch.from_numpy(a).reshape(batch_shape) if a is not None else None
+                           for a in extras)
+        if row_lse is not None:
+            ctx.mark_non_differentiable(row_lse, argmax)
+        return torch.from_numpy(np.array(loss, copy=True)), row_lse, argmax
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_loss):
+    def backward(ctx, g_loss, *_row_stats):
         grad, ctx.grad = ctx.grad, None
         if grad is None:
             raise RuntimeError("ce_kernels.torch.cross_entropy(inplace_backward=True) hands its "
@@ -447,7 +471,7 @@ class _CrossEntropyInPlace(torch.autograd.Function):
                                "(retain_graph=True) is not supported; use "
                                "inplace_backward=False")
         return (_scale_in_place(grad, g_loss, ctx.reduction),
-                None, None, None, None, None, None, None)
+                None, None, None, None, None, None, None, None)
 
 
 def _scale_in_place(grad: Tensor, g_loss: Tensor, reduction: str) -> Tensor:
@@ -600,60 +624,45 @@ def cross_entropy(input: Tensor, target: Tensor, weight: Optional[Tensor] = None
         input, target, weight, ignore_index, label_smoothing, z_loss, softcap)
     reduction = _check_reduction(reduction, size_average, reduce)
     x, t, w = _class_last(input, target, weight)
-    extras = None
-    if return_z_loss or return_token_accuracy or return_predicted_tokens:
-        # before the loss: with inplace_backward the logits are then gone
-        extras = _extras(x, t, w, ignore_index, reduction, z_loss, cap, return_z_loss,
-                         return_token_accuracy, return_predicted_tokens)
+    want_stats = return_z_loss or return_token_accuracy or return_predicted_tokens
+    if return_token_accuracy and t.is_floating_point():
+        raise InputError("return_token_accuracy needs class-index targets")
     want_grad = torch.is_grad_enabled() and input.requires_grad
     if want_grad and inplace_backward and _writes_in_place(input, x):
-        loss = _CrossEntropyInPlace.apply(x, t, w, ignore_index, reduction, label_smoothing,
-                                          z_loss, cap)
+        loss, row_lse, predicted = _CrossEntropyInPlace.apply(
+            x, t, w, ignore_index, reduction, label_smoothing, z_loss, cap, want_stats)
     else:
-        loss, _ = _cross_entropy_function().apply(x, t, w, ignore_index, reduction,
-                                                  label_smoothing, z_loss, cap, want_grad)
+        loss, _, row_lse, predicted = _cross_entropy_function().apply(
+            x, t, w, ignore_index, reduction, label_smoothing, z_loss, cap, want_grad, want_stats)
     if loss.dtype != input.dtype:
         loss = loss.to(input.dtype)  # PyTorch returns half-precision losses
-    if extras is None:
+    if not want_stats:
         return loss
-    z_part, accuracy, predicted = extras
-    return CrossEntropyOutput(loss, None if z_part is None else z_part.to(loss.dtype), accuracy,
-                              predicted)
+    z_part = (_z_loss_part(row_lse, t, w, ignore_index, reduction, z_loss).to(loss.dtype)
+              if return_z_loss else None)
+    accuracy = _token_accuracy(predicted, t, ignore_index) if return_token_accuracy else None
+    return CrossEntropyOutput(loss, z_part, accuracy,
+                              predicted if return_predicted_tokens else None)
 
 
-def _extras(x: Tensor, t: Tensor, w: Optional[Tensor], ignore_index: int, reduction: str,
-            z_loss: float, softcap: float, want_z_loss: bool, want_accuracy: bool,
-            want_predicted: bool):
-    """(z-loss part, token accuracy, predicted tokens), None where not asked."""
-    if want_accuracy and t.is_floating_point():
-        raise InputError("return_token_accuracy needs class-index targets")
-    with torch.no_grad():
-        z_part = _z_loss_part(x, t, w, ignore_index, reduction, z_loss, softcap) if want_z_loss \
-            else None
-        accuracy, predicted = None, None
-        if want_accuracy or want_predicted:
-            predicted = x.argmax(-1)
-            if want_accuracy:
-                keep = t != ignore_index
-                accuracy = ((predicted == t) & keep).sum().float() / keep.sum().float()
-    return z_part, accuracy, predicted if want_predicted else None
+def _token_accuracy(predicted: Tensor, t: Tensor, ignore_index: int) -> Tensor:
+    """Share of the counted positions whose argmax is the target (float32)."""
+    keep = t != ignore_index
+    return ((predicted == t) & keep).sum().float() / keep.sum().float()
 
 
-def _z_loss_part(x: Tensor, t: Tensor, w: Optional[Tensor], ignore_index: int, reduction: str,
-                 z_loss: float, softcap: float) -> Tensor:
-    """z * logsumexp(logits)^2 per counted position, reduced as the loss."""
-    dtype = _loss_dtype(x.dtype)
-    y = x.to(dtype)
-    if softcap > 0:
-        y = softcap * torch.tanh(y / softcap)
-    per_row = z_loss * torch.logsumexp(y, -1) ** 2
+def _z_loss_part(row_lse: Tensor, t: Tensor, w: Optional[Tensor], ignore_index: int,
+                 reduction: str, z_loss: float) -> Tensor:
+    """z * lse^2 per counted position, reduced as the loss, from the
+    log-sum-exp the loss pass gave (float64)."""
+    per_row = z_loss * row_lse ** 2
     if t.is_floating_point():
         denominator = per_row.new_tensor(float(per_row.numel()))
     else:
         keep = t != ignore_index
         per_row = torch.where(keep, per_row, torch.zeros_like(per_row))
         safe = torch.where(keep, t, torch.zeros_like(t)).long()
-        w_t = torch.ones_like(per_row) if w is None else w.to(dtype)[safe]
+        w_t = torch.ones_like(per_row) if w is None else w.to(per_row.dtype)[safe]
         denominator = (w_t * keep).sum()
     if reduction == "none":
         return per_row
@@ -922,8 +931,8 @@ def _causal_lm_loss(logits: Tensor, labels: Tensor, vocab_size: int,
     reduction = "sum" if num_items_in_batch is not None else "mean"
     ignore_index, _, _, _ = _ce_arguments(x, t, None, ignore_index, 0.0, 0.0, None)
     want_grad = torch.is_grad_enabled() and x.requires_grad
-    loss, _ = _cross_entropy_function().apply(x, t, None, ignore_index, reduction, 0.0, 0.0,
-                                              0.0, want_grad)
+    loss = _cross_entropy_function().apply(x, t, None, ignore_index, reduction, 0.0, 0.0,
+                                           0.0, want_grad, False)[0]
     if reduction == "sum":
         if torch.is_tensor(num_items_in_batch):
             num_items_in_batch = num_items_in_batch.to(loss.device)

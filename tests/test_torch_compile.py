@@ -34,6 +34,9 @@ def test_cross_entropy_operator_passes_opcheck(reduction, soft):
                           (x, target, weight, -100, reduction, 0.1, 0.01, 3.0, True))
     torch.library.opcheck(torch.ops.ce_kernels.cross_entropy.default,
                           (x.detach(), target, None, -100, reduction, 0.0, 0.0, 0.0, False))
+    # with the per-position log-sum-exp and argmax of the same pass
+    torch.library.opcheck(torch.ops.ce_kernels.cross_entropy.default,
+                          (x, target, weight, -100, reduction, 0.1, 0.01, 3.0, True, True))
 
 
 @pytest.mark.parametrize("reduction", ["mean", "none"])
@@ -52,9 +55,8 @@ def test_operator_called_directly_is_differentiable_twice():
     x.requires_grad_(True)
 
     def f(z):
-        loss, _ = torch.ops.ce_kernels.cross_entropy(z, target, None, -100, "sum", 0.1, 0.0,
-                                                     0.0, True)
-        return loss
+        return torch.ops.ce_kernels.cross_entropy(z, target, None, -100, "sum", 0.1, 0.0,
+                                                  0.0, True)[0]
 
     assert torch.autograd.gradcheck(f, (x,))
     assert torch.autograd.gradgradcheck(f, (x,))

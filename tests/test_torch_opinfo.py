@@ -362,6 +362,40 @@ def test_return_z_loss_and_token_accuracy(reduction, weighted):
     assert 0 < out.token_accuracy < 1
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_extras_come_from_the_loss_pass(dtype, monkeypatch):
+    """One kernel call gives the loss, the gradient, each position's
+    log-sum-exp (the z-loss part) and argmax: no PyTorch reduction over the
+    logits runs beside it."""
+    from ce_kernels._rows import Problem
+
+    g = torch.Generator().manual_seed(11)
+    x = (torch.randn(3, 50, 4, generator=g, dtype=torch.float64) * 4).to(dtype)
+    target = torch.randint(0, 50, (3, 4), generator=g)
+    target[1, 2] = -100
+    expected_lse = torch.logsumexp(30.0 * torch.tanh(x.double() / 30.0), 1)
+    expected_predicted = x.double().argmax(1)
+    calls = []
+    original = Problem.loss_grad_rows
+    monkeypatch.setattr(Problem, "loss_grad_rows",
+                        lambda *a, **k: calls.append(1) or original(*a, **k))
+    for name in ("logsumexp", "argmax"):
+        monkeypatch.setattr(torch, name, lambda *a, **k: pytest.fail("a second pass"))
+        monkeypatch.setattr(torch.Tensor, name, lambda *a, **k: pytest.fail("a second pass"))
+    out = ckt.cross_entropy(x.requires_grad_(), target, z_loss=1e-3, softcap=30.0,
+                            return_z_loss=True, return_token_accuracy=True,
+                            return_predicted_tokens=True)
+    monkeypatch.undo()
+    assert calls == [1]
+    keep = target != -100
+    expected_z = 1e-3 * (expected_lse[keep] ** 2).sum() / keep.sum()
+    torch.testing.assert_close(out.z_loss.double(), expected_z, rtol=1e-5 if dtype ==
+                               torch.float32 else 1e-2, atol=0)
+    torch.testing.assert_close(out.predicted_tokens, expected_predicted)
+    expected_accuracy = ((expected_predicted == target) & keep).sum() / keep.sum()
+    torch.testing.assert_close(out.token_accuracy, expected_accuracy.float())
+
+
 def test_extras_off_return_a_plain_tensor_and_module_extras():
     x, target, _ = make_case((4, 5), "index", torch.float32)
     assert isinstance(ckt.cross_entropy(x, target), torch.Tensor)
