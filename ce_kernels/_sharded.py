@@ -11,7 +11,7 @@ driver's own merge of chunk statistics, in C.
 from __future__ import annotations
 
 import operator
-from typing import Any, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -77,6 +77,17 @@ class RowStats:
         """The log-sum-exp of each row over the classes covered (float64)."""
         with np.errstate(divide="ignore", invalid="ignore"):
             return self.field("max") + np.log(self.field("sumexp"))
+
+    def like(self, data: np.ndarray, vocab_start: int, n_classes: int) -> "RowStats":
+        """The statistics ``data`` of the same rows, taken with the same
+        options over classes ``[vocab_start, vocab_start + n_classes)``: the
+        record of another process's shard, as received from it."""
+        data = np.asarray(data, dtype=np.float64)
+        if data.shape != self.data.shape:
+            raise ValueError(f"row statistics of shape {data.shape}, expected {self.data.shape}")
+        return RowStats(v.kernel_contiguous(data), self.batch_shape, vocab_start, n_classes,
+                        self.vocab_size, self.label_smoothing, self.softcap, self.weight_sum,
+                        self.result_dtype)
 
     def _options(self) -> tuple:
         return (self.batch_shape, self.vocab_size, self.label_smoothing, self.softcap,
@@ -334,3 +345,93 @@ def shard_grad(logits_shard: Any, target: Any, lse: Any, *, vocab_start: int = 0
                   z_loss=z, softcap=cap, grad_scale=scale, row_scale=row_scale,
                   n_threads=_threads.resolve(num_threads))
     return grad.finish()
+
+
+# ---- what the engines share ---------------------------------------------------------
+
+class ShardLayout:
+    """Where each process's shard lies in the vocabulary, from what every
+    process said of its own (:meth:`describe`, gathered in rank order), so
+    that every process checks the same facts and raises the same error
+    rather than wait for a collective the others never join."""
+
+    def __init__(self, described: Sequence[Sequence[int]], rank: int):
+        rows = {int(d[0]) for d in described}
+        if len(rows) != 1:
+            raise ValueError(f"every process must pass the same rows; numbers of rows by "
+                             f"rank: {[int(d[0]) for d in described]}")
+        self.widths = [int(d[1]) for d in described]
+        given = [int(d[2]) for d in described]
+        if all(g < 0 for g in given):
+            self.starts = [sum(self.widths[:k]) for k in range(len(self.widths))]
+        elif all(g >= 0 for g in given):
+            self.starts = given
+        else:
+            raise ValueError("vocab_start must be given on every process or on none")
+        sizes = {int(d[3]) for d in described if int(d[3]) >= 0}
+        if len(sizes) > 1:
+            raise ValueError(f"processes disagree on vocab_size: {sorted(sizes)}")
+        self.vocab_size = sizes.pop() if sizes else sum(self.widths)
+        if sum(self.widths) != self.vocab_size:
+            raise ValueError(f"the shards hold {sum(self.widths)} classes in all (by rank: "
+                             f"{self.widths}), not vocab_size ({self.vocab_size})")
+        self.rank = rank
+
+    @staticmethod
+    def describe(n_rows: int, n_cols: int, vocab_start: Optional[int],
+                 vocab_size: Optional[int]) -> Tuple[int, int, int, int]:
+        """This process's shard as 4 integers (-1: not given)."""
+        start = -1 if vocab_start is None else _check_index(vocab_start, "vocab_start")
+        size = -1 if vocab_size is None else _check_index(vocab_size, "vocab_size")
+        return (n_rows, n_cols, start, size)
+
+    @property
+    def vocab_start(self) -> int:
+        return self.starts[self.rank]
+
+    def merge(self, mine: RowStats, gathered: Sequence[np.ndarray]) -> RowStats:
+        """Every process's statistics (gathered in rank order, this one's
+        own included) merged in rank order."""
+        return merge_row_stats([
+            mine if k == self.rank else mine.like(data, self.starts[k], self.widths[k])
+            for k, data in enumerate(gathered)])
+
+
+#: Bytes each process sends per row: one float64 RowStats record.
+BYTES_PER_ROW = 8 * N_FIELDS
+
+
+def gathered_row_stats(logits_shard: Any, target: Any, *, rank: int,
+                       gather_objects: Callable[[Any], List[Any]],
+                       gather_rows: Callable[[np.ndarray], Sequence[np.ndarray]],
+                       vocab_start: Optional[int] = None, vocab_size: Optional[int] = None,
+                       **options: Any) -> Tuple[ShardLayout, RowStats]:
+    """The statistics of the whole vocabulary, each process holding one
+    shard: the engines' common forward pass.
+
+    ``gather_objects(obj)`` returns every process's small Python object in
+    rank order; ``gather_rows(array)`` every process's float64 (rows, 8)
+    array in rank order (the one collective that grows with the rows).
+    ``options`` go to :func:`row_stats`. An error on any process (a bad
+    target, say) is raised on every process, before the statistics are
+    exchanged, so that none waits for the others forever.
+    """
+    shape = np.shape(logits_shard)
+    if len(shape) == 0:
+        raise ValueError("logits must have at least one dimension (the classes)")
+    n_rows = int(np.prod(shape[:-1], dtype=np.int64))
+    layout = ShardLayout(gather_objects(ShardLayout.describe(n_rows, shape[-1], vocab_start,
+                                                             vocab_size)), rank)
+    stats, failure = None, None
+    try:
+        stats = row_stats(logits_shard, target, vocab_start=layout.vocab_start,
+                          vocab_size=layout.vocab_size, **options)
+    except Exception as exc:  # re-raised below, once every process knows
+        failure = exc
+    failures = gather_objects(None if failure is None else f"{type(failure).__name__}: {failure}")
+    if failure is not None:
+        raise failure
+    for k, message in enumerate(failures):
+        if message is not None:
+            raise RuntimeError(f"vocabulary-parallel cross-entropy failed on rank {k}: {message}")
+    return layout, layout.merge(stats, gather_rows(stats.data))
