@@ -17,6 +17,7 @@ from ._api import (
     softmax,
     token_stats,
 )
+from ._partial import eval_merge, eval_partial
 from ._sharded import RowStats, loss_from_row_stats, merge_row_stats, row_stats
 from ._family import (
     binary_cross_entropy,
@@ -77,6 +78,8 @@ __all__ = [
     "build_info",
     "cross_entropy_probs",
     "entropy",
+    "eval_merge",
+    "eval_partial",
     "kl_divergence",
     "log_sigmoid",
     "sigmoid",

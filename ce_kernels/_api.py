@@ -418,19 +418,26 @@ def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
     >>> int(stats.predicted[0]), bool(stats.correct[0])
     (0, False)
     """
+    x, flat, _ = _flat_token_stats(logits, target, ignore_index, num_threads)
+    shape = x.shape[:-1]
+    out_dtype = v.result_dtype(v.native(x.dtype))
+    return TokenStats(flat.nll.astype(out_dtype).reshape(shape), flat.predicted.reshape(shape),
+                      flat.correct.reshape(shape), flat.entropy.astype(out_dtype).reshape(shape))
+
+
+def _flat_token_stats(logits: Any, target: Any, ignore_index: Any, num_threads: Any):
+    """(logits array, float64 token statistics of its rows, flat int64
+    targets), validated as :func:`token_stats` validates."""
     x = v.as_float_array(logits, "logits", allow_half=True)
     ignore_index = v.check_ignore_index(ignore_index)
     n_threads = _threads.resolve(num_threads)
-    dtype = v.native(x.dtype)
     if x.shape[-1] == 0:
         raise ValueError("logits must have at least one class (its last axis has length 0)")
     t = v.as_array(target, "target", "iu", "integer class indices")
     hard, _ = v.hard_targets(t, x.shape[:-1], x.shape[-1], ignore_index, None)
-    flat = _token_stats_rows(v.rows_view(x), v.dtype_code(dtype), hard, ignore_index, n_threads)
-    shape = x.shape[:-1]
-    out_dtype = v.result_dtype(dtype)
-    return TokenStats(flat.nll.astype(out_dtype).reshape(shape), flat.predicted.reshape(shape),
-                      flat.correct.reshape(shape), flat.entropy.astype(out_dtype).reshape(shape))
+    flat = _token_stats_rows(v.rows_view(x), v.dtype_code(v.native(x.dtype)), hard,
+                             ignore_index, n_threads)
+    return x, flat, hard
 
 
 def _token_stats_rows(rows: np.ndarray, dtype_code: int, hard: np.ndarray, ignore_index: int,
