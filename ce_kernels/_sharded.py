@@ -31,7 +31,7 @@ class RowStats:
     Attributes
     ----------
     data : ndarray of float64, shape (rows, 8)
-        Per row, in this order (also :attr:`fields`): ``max``, the largest
+        Per row, in this order (also ``fields``): ``max``, the largest
         (soft-capped) logit; ``sumexp``, the sum of ``exp(x - max)``;
         ``lin`` and ``wsum``, with label smoothing, ``sum w_j (max - x_j)``
         and ``sum w_j`` (else 0); ``target_logit``, ``target_weight`` and
@@ -69,7 +69,7 @@ class RowStats:
         self.result_dtype = np.dtype(result_dtype)
 
     def field(self, name: str) -> np.ndarray:
-        """One field for every row, of shape :attr:`batch_shape`."""
+        """One field for every row, of shape ``batch_shape``."""
         return self.data[:, self.fields.index(name)].reshape(self.batch_shape)
 
     @property
@@ -276,7 +276,7 @@ def loss_from_row_stats(stats: RowStats, target: Any, *, ignore_index: int = -10
     Returns
     -------
     loss : numpy scalar or ndarray
-        In :attr:`RowStats.result_dtype`.
+        In ``RowStats.result_dtype``.
 
     Raises
     ------

@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-numpy", action="store_true", help="skip the (slow) NumPy baseline")
     bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--vocab-parallel", type=positive_int, default=None, metavar="K",
+                       help="also time vocab_parallel_cross_entropy on K local processes "
+                            "(torch.distributed, gloo) against one process (needs PyTorch)")
     bench.add_argument("--plot", metavar="FILE.png", default=None,
                        help="also draw throughput vs vocabulary size and vs thread count "
                             "(needs matplotlib)")
@@ -264,6 +267,15 @@ def run_merge(args) -> int:
     return 0
 
 
+def _bench_vocab_parallel(bench, shapes, args) -> None:
+    import json
+
+    threads = args.threads or ck_threads()
+    for n, v in shapes:
+        result = bench.vocab_parallel(n, v, args.vocab_parallel, threads, args.repeat)
+        print(json.dumps(result) if args.json else bench.format_vocab_parallel(result) + "\n")
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
@@ -277,6 +289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bench.QUICK_SHAPES if args.quick else bench.DEFAULT_SHAPES)
         bench.run(shapes, threads=args.threads, repeat=args.repeat,
                   with_numpy=not args.no_numpy, with_torch=not args.no_torch, as_json=args.json)
+        if args.vocab_parallel:
+            _bench_vocab_parallel(bench, shapes, args)
         if args.plot:
             try:
                 bench.plot(args.plot, threads=args.threads or ck_threads(), repeat=args.repeat,

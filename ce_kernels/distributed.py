@@ -3,7 +3,7 @@
 Each process of a group holds the logits of one shard of the vocabulary
 (tensor parallelism, in rank order unless ``vocab_start`` says otherwise)
 and the same targets (global class ids). The forward pass exchanges 64
-bytes per row and process (:data:`BYTES_PER_ROW`: the row statistics of
+bytes per row and process (``BYTES_PER_ROW``: the row statistics of
 :func:`ce_kernels.row_stats`, never the logits) and merges them in rank
 order, so every process holds the same loss, bit for bit; the backward
 pass is local: each process computes its own shard's gradient from the

@@ -3,7 +3,7 @@
 Each process of a communicator holds the logits of one shard of the
 vocabulary (in rank order, unless ``vocab_start`` says otherwise) and the
 same targets (global class ids). One collective exchanges 64 bytes per row
-and process (:data:`BYTES_PER_ROW`), never the logits; every process then
+and process (``BYTES_PER_ROW``), never the logits; every process then
 holds the same loss, and computes the gradient of its own shard alone.
 
 Needs ``mpi4py`` and an MPI library (the ``mpich`` wheel will do:

@@ -1,6 +1,7 @@
 """Vocabulary-parallel cross-entropy on real processes: torch.distributed
 (gloo; spawn and torchrun) and MPI (mpiexec), 2 and 3 ranks on localhost,
 against the single-process call. Each rank runs one OpenMP thread."""
+import contextlib
 import os
 import shutil
 import socket
@@ -29,6 +30,20 @@ def rank_environment():
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
     return env
+
+
+@contextlib.contextmanager
+def one_thread_per_rank():
+    """OMP_NUM_THREADS=1 for the processes started meanwhile (read as they start)."""
+    old = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"
+    try:
+        yield
+    finally:
+        if old is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = old
 
 
 def write_case(directory, world, dtype):
@@ -74,9 +89,7 @@ def test_torch_spawn(tmp_path, world, dtype):
     pytest.importorskip("torch")
     mp = pytest.importorskip("torch.multiprocessing")
     x, t, w = write_case(tmp_path, world, dtype)
-    old = os.environ.get("OMP_NUM_THREADS")
-    os.environ["OMP_NUM_THREADS"] = "1"     # read by each rank as it starts
-    try:
+    with one_thread_per_rank():
         context = mp.start_processes(
             worker.run_torch, args=(world, f"tcp://127.0.0.1:{free_port()}", str(tmp_path)),
             nprocs=world, join=False, start_method="spawn")
@@ -86,11 +99,6 @@ def test_torch_spawn(tmp_path, world, dtype):
                 for p in context.processes:
                     p.terminate()
                 pytest.fail("the ranks did not finish")
-    finally:
-        if old is None:
-            del os.environ["OMP_NUM_THREADS"]
-        else:
-            os.environ["OMP_NUM_THREADS"] = old
     check_ranks(tmp_path, world, x, t, w)
 
 
@@ -114,3 +122,18 @@ def test_mpi(tmp_path, world, dtype):
                    os.path.join(HERE, "vocab_parallel_worker.py"), "mpi", str(tmp_path)],
                   tmp_path)
     check_ranks(tmp_path, world, x, t, w)
+
+
+def test_bench_section(capsys):
+    """ce-kernels bench --vocab-parallel: times on real processes, and the
+    bytes per row do not depend on the vocabulary."""
+    pytest.importorskip("torch")
+    from ce_kernels import bench
+
+    with one_thread_per_rank():
+        small = bench.vocab_parallel(8, 1000, 2, threads=1, repeat=2)
+    assert small["vocab_parallel"]["runs"] == 2 and small["single_process"]["min"] > 0
+    assert small["bytes_sent_per_row_per_rank"] == 64
+    assert small["bytes_received_per_row_per_rank"] == 64
+    text = bench.format_vocab_parallel(small)
+    assert "2 processes (gloo)" in text and "independent of V" in text
