@@ -4,8 +4,7 @@ The arithmetic happens in C (``src/``) through the bridge in ``_core.pyx``.
 """
 from __future__ import annotations
 
-import math
-from typing import Any, NamedTuple, Optional, Tuple
+from typing import Any, Optional
 
 import numpy as np
 
@@ -13,6 +12,7 @@ from . import _core
 from . import _sharded
 from . import _threads
 from . import _validation as v
+from ._rows import Problem, TokenStats, result_scalar
 
 __all__ = [
     "TokenStats",
@@ -25,94 +25,27 @@ __all__ = [
 ]
 
 
-class _Targets:
-    """Targets in the form the kernels take, plus the mean's denominator."""
-
-    def __init__(self, hard: Optional[np.ndarray], soft: Optional[np.ndarray], mean_denominator: float):
-        self.hard = hard
-        self.soft = soft
-        self.mean_denominator = mean_denominator
-
-
-def _prepare_targets(target: Any, logits: np.ndarray, weight: Optional[np.ndarray],
-                     ignore_index: int) -> _Targets:
-    if isinstance(target, np.ndarray) and v.is_half(target.dtype):
-        t = target        # half-precision probabilities (bfloat16 has kind "V")
-    else:
-        t = v.as_array(target, "target", "iuf",
-                       "integer class indices or float probabilities")
-    batch_shape, n_classes = logits.shape[:-1], logits.shape[-1]
-    if t.dtype.kind in "iu":
-        hard, denominator = v.hard_targets(t, batch_shape, n_classes, ignore_index, weight)
-        return _Targets(hard, None, denominator)
-    soft = v.soft_targets(t, logits.shape, v.native(logits.dtype))
-    return _Targets(None, soft, float(soft.shape[0]))
-
-
 def _loss_call(logits: Any, target: Any, weight: Any, ignore_index: Any, reduction: Any,
                label_smoothing: Any, num_threads: Any, want_grad: bool,
                grad_output: Any = None, out: Any = None, z_loss: Any = 0.0, softcap: Any = None):
     x = v.as_float_array(logits, "logits", allow_half=True)
-    reduction = v.check_reduction(reduction)
-    smoothing = v.check_label_smoothing(label_smoothing)
-    ignore_index = v.check_ignore_index(ignore_index)
-    z = v.check_z_loss(z_loss) if z_loss != 0.0 else 0.0
-    n_threads = _threads.resolve(num_threads)
-    dtype = v.native(x.dtype)
-    cap = v.check_softcap(softcap, dtype)
-    n_classes = x.shape[-1]
-    if n_classes == 0:
-        raise ValueError("logits must have at least one class (its last axis has length 0)")
-    w = None if weight is None else v.class_weights(weight, n_classes, dtype)
-    targets = _prepare_targets(target, x, w, ignore_index)
+    problem = Problem(x.dtype, x.shape[-1], weight=weight, ignore_index=ignore_index,
+                      reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                      softcap=softcap, num_threads=num_threads)
     batch_shape = x.shape[:-1]
-
-    scale, row_scale = 1.0, None
-    grad = None
-    if want_grad:
-        scale, row_scale = v.grad_output_rows(grad_output, reduction, batch_shape)
-        if reduction == "mean":
-            # IEEE division as PyTorch: a zero total weight over positions
-            # that are not ignored gives NaN gradients there; ignored rows
-            # stay exactly 0 whatever the scale.
-            scale = _ieee_divide(scale, targets.mean_denominator)
-        grad = v.KernelOutput(out, x.shape, dtype, {"logits": x, "target": target, "weight": weight,
-                                                    "grad_output": grad_output}, in_place="logits")
-
+    targets = problem.targets(target, batch_shape)
     rows = v.rows_view(x)
     row_loss = np.empty(rows.shape[0], dtype=np.float64)
-    _core.run(
-        _core.MODE_LOSS_GRAD if want_grad else _core.MODE_LOSS, v.dtype_code(dtype), rows,
-        out=grad.rows if grad else None, target=targets.hard, ignore_index=ignore_index,
-        soft=targets.soft, weight=w,
-        weight_sum=float(np.sum(w, dtype=np.float64)) if w is not None else None,
-        smoothing=smoothing, grad_scale=scale, row_scale=row_scale, row_out=row_loss,
-        n_threads=n_threads, z_loss=z, softcap=cap,
-    )
-    loss = _reduce(row_loss, reduction, targets.mean_denominator, batch_shape,
-                   v.result_dtype(dtype))
+    if want_grad:
+        scale, row_scale = problem.grad_scales(grad_output, batch_shape, targets)
+        grad = v.KernelOutput(out, x.shape, problem.dtype,
+                              {"logits": x, "target": target, "weight": weight,
+                               "grad_output": grad_output}, in_place="logits")
+        problem.loss_grad_rows(rows, targets, grad.rows, row_loss, scale, row_scale)
+    else:
+        problem.loss_rows(rows, targets, row_loss)
+    loss = problem.reduce(row_loss, targets, batch_shape)
     return (loss, grad.finish()) if want_grad else loss
-
-
-def _reduce(row_loss: np.ndarray, reduction: str, denominator: float,
-            batch_shape: Tuple[int, ...], dtype: np.dtype):
-    # a loss beyond the result dtype's range is inf, as IEEE rounding gives, not a warning
-    with np.errstate(over="ignore"):
-        if reduction == "none":
-            return row_loss.astype(dtype).reshape(batch_shape)
-        total = float(row_loss.sum())
-        if reduction == "sum":
-            return dtype.type(total)
-        return dtype.type(_ieee_divide(total, denominator))
-
-
-def _ieee_divide(a: float, b: float) -> float:
-    """a / b with IEEE semantics (x / 0 is +-inf, 0 / 0 is NaN), not an exception."""
-    if b != 0:
-        return a / b
-    if a == 0 or math.isnan(a):
-        return math.nan
-    return math.copysign(math.inf, a) * math.copysign(1.0, b)
 
 
 def cross_entropy(logits: Any, target: Any, *, weight: Any = None, ignore_index: int = -100,
@@ -216,13 +149,7 @@ def _small_mean_loss(x: np.ndarray, t: np.ndarray, ignore_index: Any, num_thread
                                  _threads.resolve(num_threads))
     if loss is None:
         return None
-    if abs(loss) > _FLOAT32_MAX:  # rounds to inf (as IEEE does), without a warning
-        with np.errstate(over="ignore"):
-            return x.dtype.type(loss)
-    return x.dtype.type(loss)
-
-
-_FLOAT32_MAX = float(np.finfo(np.float32).max)
+    return result_scalar(loss, x.dtype)
 
 
 def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
@@ -375,22 +302,6 @@ def logsumexp(x: Any, axis: int = -1):
     return result[()] if result.ndim == 0 else result
 
 
-class TokenStats(NamedTuple):
-    """Per-position statistics of :func:`token_stats`, each of shape
-    ``logits.shape[:-1]``."""
-
-    nll: np.ndarray
-    """Negative log-likelihood of the target (nats; float64 for float64
-    logits, else float32); NaN where the target is ``ignore_index``, so
-    ``np.nanmean(nll)`` is the mean NLL."""
-    predicted: np.ndarray
-    """Index of the largest logit (int64; the first one on ties, as NumPy)."""
-    correct: np.ndarray
-    """``predicted == target`` (bool); False where the target is ignored."""
-    entropy: np.ndarray
-    """Entropy of the predicted distribution (nats, dtype as ``nll``)."""
-
-
 def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
                 num_threads: Optional[int] = None) -> TokenStats:
     """NLL, argmax prediction, correctness and entropy of every position, in
@@ -418,36 +329,9 @@ def token_stats(logits: Any, target: Any, *, ignore_index: int = -100,
     >>> int(stats.predicted[0]), bool(stats.correct[0])
     (0, False)
     """
-    x, flat, _ = _flat_token_stats(logits, target, ignore_index, num_threads)
-    shape = x.shape[:-1]
-    out_dtype = v.result_dtype(v.native(x.dtype))
-    return TokenStats(flat.nll.astype(out_dtype).reshape(shape), flat.predicted.reshape(shape),
-                      flat.correct.reshape(shape), flat.entropy.astype(out_dtype).reshape(shape))
-
-
-def _flat_token_stats(logits: Any, target: Any, ignore_index: Any, num_threads: Any):
-    """(logits array, float64 token statistics of its rows, flat int64
-    targets), validated as :func:`token_stats` validates."""
     x = v.as_float_array(logits, "logits", allow_half=True)
-    ignore_index = v.check_ignore_index(ignore_index)
-    n_threads = _threads.resolve(num_threads)
-    if x.shape[-1] == 0:
-        raise ValueError("logits must have at least one class (its last axis has length 0)")
+    problem = Problem(x.dtype, x.shape[-1], ignore_index=ignore_index, num_threads=num_threads)
     t = v.as_array(target, "target", "iu", "integer class indices")
-    hard, _ = v.hard_targets(t, x.shape[:-1], x.shape[-1], ignore_index, None)
-    flat = _token_stats_rows(v.rows_view(x), v.dtype_code(v.native(x.dtype)), hard,
-                             ignore_index, n_threads)
-    return x, flat, hard
-
-
-def _token_stats_rows(rows: np.ndarray, dtype_code: int, hard: np.ndarray, ignore_index: int,
-                      n_threads: int) -> TokenStats:
-    """Token statistics of 2-D rows the kernels accept, with checked int64
-    targets; float64 NLL and entropy, one entry per row."""
-    n = rows.shape[0]
-    nll, ent = np.empty(n), np.empty(n)
-    predicted = np.empty(n, dtype=np.int64)
-    _core.run(_core.MODE_TOKEN_STATS, dtype_code, rows, target=hard, ignore_index=ignore_index,
-              row_out=nll, n_threads=n_threads, row_entropy=ent, row_argmax=predicted)
-    correct = (predicted == hard) & (hard != ignore_index)
-    return TokenStats(nll, predicted, correct, ent)
+    targets = problem.targets(t, x.shape[:-1])
+    flat = problem.token_stats_rows(v.rows_view(x), targets)
+    return problem.shaped_stats(flat, x.shape[:-1])

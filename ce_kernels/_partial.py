@@ -15,8 +15,8 @@ from typing import Any, Dict, Iterable, Optional
 
 import numpy as np
 
-from . import _api
 from . import _validation as v
+from ._rows import Problem, TokenStats
 
 __all__ = ["eval_partial", "eval_merge"]
 
@@ -60,7 +60,7 @@ def empty_partial(vocab: int) -> Dict[str, Any]:
             **{k: dict(zero) for k in _SUMS}}
 
 
-def add_block(partial: Dict[str, Any], target: np.ndarray, stats: "_api.TokenStats",
+def add_block(partial: Dict[str, Any], target: np.ndarray, stats: TokenStats,
               ignore_index: int) -> None:
     """Add the token statistics of one block of rows (flat int64 targets)."""
     counted = target != ignore_index
@@ -103,10 +103,14 @@ def eval_partial(logits_block: Any, targets_block: Any, *, ignore_index: int = -
     >>> ck.eval_merge(parts) == ck.eval_merge([ck.eval_partial(x, t)])
     True
     """
-    x, flat, hard = _api._flat_token_stats(logits_block, targets_block, ignore_index,
-                                           num_threads)
-    partial = empty_partial(int(x.shape[-1]))
-    add_block(partial, hard, flat, v.check_ignore_index(ignore_index))
+    x = v.as_float_array(logits_block, "logits", allow_half=True)
+    problem = Problem(x.dtype, x.shape[-1] if x.ndim else 0, ignore_index=ignore_index,
+                      num_threads=num_threads)
+    t = v.as_array(targets_block, "target", "iu", "integer class indices")
+    targets = problem.targets(t, x.shape[:-1])
+    partial = empty_partial(problem.n_classes)
+    add_block(partial, targets.hard, problem.token_stats_rows(v.rows_view(x), targets),
+              problem.ignore_index)
     return partial
 
 

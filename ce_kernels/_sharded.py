@@ -16,8 +16,8 @@ from typing import Any, Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from . import _core
-from . import _threads
 from . import _validation as v
+from ._rows import Problem, Targets
 
 __all__ = ["RowStats", "row_stats", "merge_row_stats", "loss_from_row_stats"]
 
@@ -121,29 +121,33 @@ def _shard_range(vocab_start: Any, vocab_size: Any, n_cols: int) -> Tuple[int, i
 
 
 class _Shard:
-    """One shard's logits, targets and class weights, validated."""
+    """One shard's logits, its problem (options checked once, class weights
+    of the whole vocabulary) and its targets (global class ids, checked)."""
 
     def __init__(self, logits: Any, target: Any, vocab_start: Any, vocab_size: Any,
-                 weight: Any, ignore_index: Any):
+                 weight: Any, ignore_index: Any, **options: Any):
         self.x = v.as_float_array(logits, "logits", allow_half=True)
         if self.x.ndim == 0:
             raise ValueError("logits must have at least one dimension (the classes)")
-        self.dtype = v.native(self.x.dtype)
         self.batch_shape = self.x.shape[:-1]
         self.start, self.size = _shard_range(vocab_start, vocab_size, self.x.shape[-1])
-        self.ignore_index = v.check_ignore_index(ignore_index)
-        self.weight = None if weight is None else v.class_weights(weight, self.size, self.dtype)
+        self.problem = Problem(self.x.dtype, self.size, weight=weight, ignore_index=ignore_index,
+                               **options)
         t = v.as_array(target, "target", "iu", "integer class indices (global class ids)")
-        self.target, self.mean_denominator = v.hard_targets(
-            t, self.batch_shape, self.size, self.ignore_index, self.weight)
-        self.weight_sum = (float(np.sum(self.weight, dtype=np.float64))
-                           if self.weight is not None else float(self.size))
+        self.targets = self.problem.targets(t, self.batch_shape)
+        sum_all = self.problem.weight_sum
+        self.weight_sum = float(self.size) if sum_all is None else sum_all
 
-    def run(self, mode: int, **options: Any) -> None:
-        _core.run(mode, v.dtype_code(self.dtype), v.rows_view(self.x), target=self.target,
-                  ignore_index=self.ignore_index, weight=self.weight,
-                  weight_sum=self.weight_sum, vocab_start=self.start, vocab_size=self.size,
-                  **options)
+    @property
+    def n_rows(self) -> int:
+        return self.targets.hard.shape[0]
+
+    def run(self, mode: int, **outputs: Any) -> None:
+        p = self.problem
+        _core.run(mode, p.code, v.rows_view(self.x), target=self.targets.hard,
+                  ignore_index=p.ignore_index, weight=p.weight, weight_sum=self.weight_sum,
+                  smoothing=p.smoothing, z_loss=p.z_loss, softcap=p.softcap,
+                  n_threads=p.n_threads, vocab_start=self.start, vocab_size=self.size, **outputs)
 
 
 def row_stats(logits_shard: Any, target: Any, *, vocab_start: int = 0,
@@ -195,16 +199,14 @@ def row_stats(logits_shard: Any, target: Any, *, vocab_start: int = 0,
     >>> bool(np.isclose(ck.loss_from_row_stats(merged, t), ck.cross_entropy(x, t)))
     True
     """
-    shard = _Shard(logits_shard, target, vocab_start, vocab_size, weight, ignore_index)
-    smoothing = v.check_label_smoothing(label_smoothing)
-    cap = v.check_softcap(softcap, shard.dtype)
-    n_rows = shard.target.shape[0]
-    data = np.zeros((n_rows, N_FIELDS), dtype=np.float64)
-    if n_rows:
-        shard.run(_core.MODE_ROW_STATS, row_stats=data, smoothing=smoothing, softcap=cap,
-                  n_threads=_threads.resolve(num_threads))
+    shard = _Shard(logits_shard, target, vocab_start, vocab_size, weight, ignore_index,
+                   label_smoothing=label_smoothing, softcap=softcap, num_threads=num_threads)
+    data = np.zeros((shard.n_rows, N_FIELDS), dtype=np.float64)
+    if shard.n_rows:
+        shard.run(_core.MODE_ROW_STATS, row_stats=data)
+    p = shard.problem
     return RowStats(data, shard.batch_shape, shard.start, shard.x.shape[-1], shard.size,
-                    smoothing, cap, shard.weight_sum, v.result_dtype(shard.dtype))
+                    p.smoothing, p.softcap, shard.weight_sum, v.result_dtype(p.dtype))
 
 
 def merge_row_stats(stats: Sequence[RowStats]) -> RowStats:
@@ -284,21 +286,18 @@ def loss_from_row_stats(stats: RowStats, target: Any, *, ignore_index: int = -10
         Statistics that do not cover the whole vocabulary, or a row whose
         target no shard held.
     """
-    from ._api import _reduce  # the reduction of cross_entropy itself
-
     if not isinstance(stats, RowStats):
         raise TypeError(f"stats must be a RowStats, got {type(stats).__name__}")
     if stats.n_classes != stats.vocab_size:
         raise ValueError(
             f"stats cover {stats.n_classes} of {stats.vocab_size} classes: merge the "
             f"statistics of every shard first")
-    reduction = v.check_reduction(reduction)
-    ignore_index = v.check_ignore_index(ignore_index)
-    z = v.check_z_loss(z_loss) if z_loss != 0.0 else 0.0
+    problem = Problem(stats.result_dtype, stats.vocab_size, ignore_index=ignore_index,
+                      reduction=reduction, z_loss=z_loss)
     t = v.as_array(target, "target", "iu", "integer class indices (global class ids)")
-    flat, _ = v.hard_targets(t, stats.batch_shape, stats.vocab_size, ignore_index, None)
+    flat = problem.targets(t, stats.batch_shape).hard
     found = stats.data[:, stats.fields.index("target_found")]
-    counted = flat != ignore_index
+    counted = flat != problem.ignore_index
     missing = np.flatnonzero(counted & (found != 1))
     if missing.size:
         r = int(missing[0])
@@ -306,13 +305,15 @@ def loss_from_row_stats(stats: RowStats, target: Any, *, ignore_index: int = -10
             f"row {r}: its target {int(flat[r])} was found in {found[r]:g} shards, not 1")
     row_loss = np.empty(flat.shape[0], dtype=np.float64)
     if row_loss.size:
-        _core.finish_row_stats(stats.data, flat, ignore_index=ignore_index,
+        _core.finish_row_stats(stats.data, flat, ignore_index=problem.ignore_index,
                                weight_sum=stats.weight_sum, smoothing=stats.label_smoothing,
-                               z_loss=z, vocab_size=stats.vocab_size, row_out=row_loss)
-    # the mean's denominator summed in row order, as the unsharded call does
+                               z_loss=problem.z_loss, vocab_size=stats.vocab_size,
+                               row_out=row_loss)
+    # the mean's denominator: the targets' weights summed in row order, as
+    # the unsharded call sums them
     weights = np.where(counted, stats.data[:, stats.fields.index("target_weight")], 0.0)
     denominator = float(np.cumsum(weights)[-1]) if weights.size else 0.0
-    return _reduce(row_loss, reduction, denominator, stats.batch_shape, stats.result_dtype)
+    return problem.reduce(row_loss, Targets(flat, None, denominator), stats.batch_shape)
 
 
 def shard_grad(logits_shard: Any, target: Any, lse: Any, *, vocab_start: int = 0,
@@ -322,28 +323,21 @@ def shard_grad(logits_shard: Any, target: Any, lse: Any, *, vocab_start: int = 0
                out: Optional[np.ndarray] = None, num_threads: Optional[int] = None) -> np.ndarray:
     """The gradient of one shard from each row's global log-sum-exp: the
     work of :func:`cross_entropy_with_grad` when given ``lse``."""
-    shard = _Shard(logits_shard, target, vocab_start, vocab_size, weight, ignore_index)
-    reduction = v.check_reduction(reduction)
-    smoothing = v.check_label_smoothing(label_smoothing)
-    z = v.check_z_loss(z_loss) if z_loss != 0.0 else 0.0
-    cap = v.check_softcap(softcap, shard.dtype)
+    shard = _Shard(logits_shard, target, vocab_start, vocab_size, weight, ignore_index,
+                   reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                   softcap=softcap, num_threads=num_threads)
     row_lse = v.as_array(lse, "lse", "fiu", "the log-sum-exp of every row")
     if row_lse.shape != shard.batch_shape:
         raise ValueError(
             f"lse has shape {row_lse.shape}, expected {shard.batch_shape} (logits.shape[:-1])")
     row_lse = v.kernel_contiguous(row_lse.reshape(-1), np.float64)
-    scale, row_scale = v.grad_output_rows(grad_output, reduction, shard.batch_shape)
-    if reduction == "mean":
-        from ._api import _ieee_divide  # the mean's scale as cross_entropy_with_grad's
-
-        scale = _ieee_divide(scale, shard.mean_denominator)
-    grad = v.KernelOutput(out, shard.x.shape, shard.dtype,
+    scale, row_scale = shard.problem.grad_scales(grad_output, shard.batch_shape, shard.targets)
+    grad = v.KernelOutput(out, shard.x.shape, shard.problem.dtype,
                           {"logits": shard.x, "target": target, "weight": weight,
                            "grad_output": grad_output, "lse": lse}, in_place="logits")
-    if shard.target.shape[0]:
-        shard.run(_core.MODE_GRAD_FROM_LSE, out=grad.rows, lse_in=row_lse, smoothing=smoothing,
-                  z_loss=z, softcap=cap, grad_scale=scale, row_scale=row_scale,
-                  n_threads=_threads.resolve(num_threads))
+    if shard.n_rows:
+        shard.run(_core.MODE_GRAD_FROM_LSE, out=grad.rows, lse_in=row_lse, grad_scale=scale,
+                  row_scale=row_scale)
     return grad.finish()
 
 

@@ -300,13 +300,15 @@ def soft_targets(target: np.ndarray, logits_shape: Tuple[int, ...], dtype: np.dt
     return rows_view(target)
 
 
-def class_weights(weight: Any, n_classes: int, dtype: np.dtype) -> np.ndarray:
+def class_weights(weight: Any, n_classes: int, dtype: np.dtype,
+                  name: str = "weight") -> np.ndarray:
     """Class weights in the compute dtype of logits of ``dtype`` (float32
-    for half precision; half-precision weights are accepted and widened)."""
+    for half precision; half-precision weights are accepted and widened);
+    errors name the argument ``name``."""
     w = np.asarray(weight) if isinstance(weight, np.ndarray) and is_half(weight.dtype) else \
-        as_array(weight, "weight", "fiu", "a real numeric array")
+        as_array(weight, name, "fiu", "a real numeric array")
     if w.shape != (n_classes,):
-        raise ValueError(f"weight must have shape ({n_classes},) (one per class), got {w.shape}")
+        raise ValueError(f"{name} must have shape ({n_classes},) (one per class), got {w.shape}")
     return kernel_contiguous(w.astype(compute_dtype(dtype), copy=False))
 
 
@@ -351,7 +353,8 @@ def is_same_array_memory(a: np.ndarray, b: np.ndarray) -> bool:
     )
 
 
-def check_no_overlap(out: np.ndarray, others: dict, in_place: Optional[str]) -> None:
+def check_no_overlap(out: np.ndarray, others: dict, in_place: Optional[str],
+                     name: str = "out") -> None:
     """``out`` may be the input named ``in_place`` itself (the same elements
     in the same order) but must not overlap anything else: an input that is
     the same array under another name (the logits also passed as soft
@@ -363,8 +366,8 @@ def check_no_overlap(out: np.ndarray, others: dict, in_place: Optional[str]) -> 
             continue
         if other_name == in_place and is_same_array_memory(out, other):
             continue
-        allowed = f"out may be {in_place} itself (in place) but" if in_place else "out"
-        raise ValueError(f"out overlaps {other_name}; {allowed} must not overlap any other input")
+        allowed = f"{name} may be {in_place} itself (in place) but" if in_place else name
+        raise ValueError(f"{name} overlaps {other_name}; {allowed} must not overlap any other input")
 
 
 def grad_output_rows(grad_output: Any, reduction: str, batch_shape: Tuple[int, ...]):

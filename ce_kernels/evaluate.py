@@ -24,11 +24,10 @@ from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
-from . import _api
 from . import _core
 from . import _partial
-from . import _threads
 from . import _validation as v
+from ._rows import Problem, Targets
 
 #: Default rows per chunk: about 256 MB of float32 logits at V = 32000.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
@@ -444,8 +443,9 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     inputs = _input_stats(logits_path, targets_path)
     if per_token is not None:
         dest, dest_mode = _output_destination(per_token, inputs)
-    logits, code, targets = load_inputs(logits_path, targets_path, inputs)
-    n_threads = _threads.resolve(threads)
+    logits, _, targets = load_inputs(logits_path, targets_path, inputs)
+    problem = Problem(logits.dtype, logits.shape[-1], ignore_index=ignore_index,
+                      num_threads=threads)
     v_size = logits.shape[-1]
     if chunk_rows is None:
         chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (v_size * logits.dtype.itemsize))
@@ -475,8 +475,7 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
                     raise EvalError(f"token id {int(raw[bad])} at TARGETS{[int(i) for i in where]} "
                                     f"is out of range [0, {v_size}) and is not --ignore-index "
                                     f"({ignore_index})")
-                stats = _api._token_stats_rows(_kernel_rows(chunk), code, t, ignore_index,
-                                               n_threads)
+                stats = problem.token_stats_rows(_kernel_rows(chunk), Targets(t, None, math.nan))
                 _partial.add_block(partial, t, stats, ignore_index)
                 if out is not None:
                     out.write(out_start + start, stats.nll)

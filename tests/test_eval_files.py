@@ -563,12 +563,12 @@ def test_output_through_a_symlink_writes_its_target(good):
 
 
 def test_interrupted_run_removes_its_temporary_file(good, monkeypatch):
-    from ce_kernels import _api, evaluate
+    from ce_kernels import _rows, evaluate
 
     d, logits, targets = good
     np.save(d / "nll.npy", np.arange(3.0))
     before = snapshot(d)
-    real = _api._token_stats_rows
+    real = _rows.Problem.token_stats_rows
     calls = []
 
     def interrupted(*args):
@@ -577,7 +577,7 @@ def test_interrupted_run_removes_its_temporary_file(good, monkeypatch):
             raise KeyboardInterrupt
         return real(*args)
 
-    monkeypatch.setattr(_api, "_token_stats_rows", interrupted)
+    monkeypatch.setattr(_rows.Problem, "token_stats_rows", interrupted)
     with pytest.raises(KeyboardInterrupt):
         evaluate.evaluate(str(d / "logits.npy"), str(d / "targets.npy"), chunk_rows=4,
                           per_token=str(d / "nll.npy"), progress=False)
