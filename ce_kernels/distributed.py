@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from . import _api
 from . import _sharded
-from .torch import _as_numpy, _grad_buffer, _loss_dtype
+from .torch import _as_numpy, _grad_buffer
 
 __all__ = ["BYTES_PER_ROW", "vocab_parallel_cross_entropy"]
 
@@ -75,7 +75,8 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         ctx.options = dict(vocab_start=layout.vocab_start, vocab_size=layout.vocab_size,
                            ignore_index=ignore_index, reduction=reduction,
                            label_smoothing=label_smoothing, z_loss=z_loss, softcap=softcap)
-        return torch.from_numpy(np.asarray(loss)).to(_loss_dtype(logits.dtype))
+        # in the logits' dtype, as torch.nn.functional.cross_entropy returns it
+        return torch.from_numpy(np.asarray(loss)).to(logits.dtype)
 
     @staticmethod
     def backward(ctx, grad_loss):
@@ -124,8 +125,8 @@ def vocab_parallel_cross_entropy(logits_shard: torch.Tensor, target: torch.Tenso
     -------
     torch.Tensor
         The loss of the whole vocabulary, identical on every process (a
-        scalar, or per position with ``reduction="none"``); float32 for
-        bfloat16 logits.
+        scalar, or per position with ``reduction="none"``), in the dtype of
+        the logits as PyTorch gives it (computed in float64 per row).
 
     Raises
     ------

@@ -228,3 +228,15 @@ def test_bad_input():
     with pytest.raises(ValueError, match="row 0: its target 1 was found in 0 shards"):
         ck.loss_from_row_stats(c, t)
     assert np.isfinite(ck.loss_from_row_stats(merged, t))
+
+
+def test_shard_gradient_in_place(rng):
+    x, t = make_case(rng, (3, 5000), np.float32)
+    lse = shards(x, t, [0, 5000], softcap=5.0).lse
+    shard = np.ascontiguousarray(x[:, 1000:])
+    _, expected = ck.cross_entropy_with_grad(shard, t, vocab_start=1000, vocab_size=5000, lse=lse,
+                                             softcap=5.0, num_threads=2)
+    _, g = ck.cross_entropy_with_grad(shard, t, vocab_start=1000, vocab_size=5000, lse=lse,
+                                      softcap=5.0, out=shard, num_threads=2)
+    assert g is shard
+    np.testing.assert_array_equal(shard, expected)

@@ -137,3 +137,38 @@ def test_bench_section(capsys):
     assert small["bytes_received_per_row_per_rank"] == 64
     text = bench.format_vocab_parallel(small)
     assert "2 processes (gloo)" in text and "independent of V" in text
+
+
+def test_torch_group_of_one(rng):
+    """In this process, a group of one rank: the loss in the logits' dtype
+    (bfloat16 too) and the gradient as the PyTorch adapter gives them, and
+    errors that name what is wrong."""
+    torch = pytest.importorskip("torch")
+    dist = pytest.importorskip("torch.distributed")
+    import ce_kernels.torch as ckt
+    from ce_kernels.distributed import vocab_parallel_cross_entropy
+
+    with pytest.raises(RuntimeError, match="not initialized"):
+        vocab_parallel_cross_entropy(torch.zeros(2, 3), torch.zeros(2, dtype=torch.int64))
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{free_port()}", rank=0,
+                            world_size=1)
+    try:
+        t = torch.tensor([1, 2, -100, 299])
+        for dtype in (torch.float32, torch.bfloat16):
+            x = torch.from_numpy(rng.standard_normal((4, 300))).to(dtype).requires_grad_()
+            loss = vocab_parallel_cross_entropy(x, t, reduction="none", label_smoothing=0.1)
+            loss.sum().backward()
+            y = x.detach().clone().requires_grad_()
+            expected = ckt.cross_entropy(y, t, reduction="none", label_smoothing=0.1)
+            expected.sum().backward()
+            assert loss.dtype == expected.dtype == dtype
+            torch.testing.assert_close(loss, expected, rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(x.grad, y.grad, rtol=1e-6, atol=1e-6)
+        with pytest.raises(ValueError, match=r"hold 300 classes in all .* not vocab_size \(500\)"):
+            vocab_parallel_cross_entropy(x, t, vocab_size=500)
+        with pytest.raises(ValueError, match="must be on the CPU|meta"):
+            vocab_parallel_cross_entropy(x.detach().to("meta"), t)
+        with pytest.raises(TypeError, match="logits_shard must be a torch.Tensor"):
+            vocab_parallel_cross_entropy([[1.0]], t)
+    finally:
+        dist.destroy_process_group()
