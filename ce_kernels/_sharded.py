@@ -36,7 +36,8 @@ class RowStats:
         ``lin`` and ``wsum``, with label smoothing, ``sum w_j (max - x_j)``
         and ``sum w_j`` (else 0); ``target_logit``, ``target_weight`` and
         ``target_found`` (1 or 0), of the target when it falls in the range;
-        ``argmax``, the global class id of the first largest logit. Every
+        ``argmax``, the global class id of the first largest logit (with
+        soft-capping, shards whose capped maxima tie are taken in order). Every
         sum is of non-negative terms. This array is what processes exchange:
         64 bytes per row, whatever the vocabulary size.
     batch_shape : tuple of int
