@@ -17,6 +17,8 @@ from ._api import (
     softmax,
     token_stats,
 )
+from ._partial import eval_merge, eval_partial
+from ._sharded import RowStats, loss_from_row_stats, merge_row_stats, row_stats
 from ._family import (
     binary_cross_entropy,
     binary_cross_entropy_probs,
@@ -67,6 +69,7 @@ _apply_isa_from_environment()
 del _apply_isa_from_environment
 
 __all__ = [
+    "RowStats",
     "TokenStats",
     "__version__",
     "binary_cross_entropy",
@@ -75,6 +78,8 @@ __all__ = [
     "build_info",
     "cross_entropy_probs",
     "entropy",
+    "eval_merge",
+    "eval_partial",
     "kl_divergence",
     "log_sigmoid",
     "sigmoid",
@@ -84,7 +89,10 @@ __all__ = [
     "get_num_threads",
     "log_softmax",
     "logsumexp",
+    "loss_from_row_stats",
+    "merge_row_stats",
     "openmp_enabled",
+    "row_stats",
     "set_isa",
     "set_num_threads",
     "softmax",

@@ -9,6 +9,7 @@ from typing import Any, Optional
 import numpy as np
 
 from . import _core
+from . import _sharded
 from . import _threads
 from . import _validation as v
 from ._rows import Problem, RowExtras, TokenStats, result_scalar
@@ -159,7 +160,8 @@ def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
                             label_smoothing: float = 0.0, z_loss: float = 0.0,
                             softcap: Optional[float] = None, grad_output: Any = None,
                             out: Optional[np.ndarray] = None,
-                            num_threads: Optional[int] = None):
+                            num_threads: Optional[int] = None, lse: Any = None,
+                            vocab_start: int = 0, vocab_size: Optional[int] = None):
     """Cross-entropy and its gradient with respect to the logits, in one pass.
 
     Takes the arguments of :func:`cross_entropy`, plus:
@@ -176,11 +178,25 @@ def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
         native byte order). It may be ``logits`` itself, in which case the
         gradient overwrites the logits and nothing of their size is
         allocated. It must not otherwise overlap an input.
+    lse : array_like of float, shape ``logits.shape[:-1]``, optional
+        Vocabulary parallelism: ``logits`` is then the shard of classes
+        ``[vocab_start, vocab_start + V_shard)`` of a vocabulary of
+        ``vocab_size``, targets are global class ids, ``weight`` holds the
+        weights of all ``vocab_size`` classes, and ``lse`` is each row's
+        log-sum-exp over the whole vocabulary (``merge_row_stats(...).lse``).
+        The shard's gradient needs nothing else: the same as the matching
+        columns of the unsharded gradient, whatever the split.
+    vocab_start : int, default 0
+        With ``lse``: global class id of the shard's first column.
+    vocab_size : int, optional
+        With ``lse``: classes in the whole vocabulary (default
+        ``vocab_start + V_shard``).
 
     Returns
     -------
     loss : numpy scalar or ndarray
-        As :func:`cross_entropy`.
+        As :func:`cross_entropy`; None with ``lse`` (the loss needs every
+        shard: see :func:`loss_from_row_stats`).
     grad : ndarray
         ``d loss / d logits``, same shape and dtype as ``logits`` (half
         precision too); ``out`` when given. Ignored positions have a
@@ -194,6 +210,14 @@ def cross_entropy_with_grad(logits: Any, target: Any, *, weight: Any = None,
     >>> grad
     array([[ 0.5, -0.5]])
     """
+    if lse is not None:
+        return None, _sharded.shard_grad(
+            logits, target, lse, vocab_start=vocab_start, vocab_size=vocab_size, weight=weight,
+            ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
+            z_loss=z_loss, softcap=softcap, grad_output=grad_output, out=out,
+            num_threads=num_threads)
+    if vocab_start != 0 or vocab_size is not None:
+        raise ValueError("vocab_start and vocab_size describe a shard, whose gradient needs lse")
     return _loss_call(logits, target, weight, ignore_index, reduction, label_smoothing,
                       num_threads, want_grad=True, grad_output=grad_output, out=out,
                       z_loss=z_loss, softcap=softcap)

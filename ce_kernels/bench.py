@@ -399,3 +399,87 @@ def plot(path: str, threads: int, repeat: int, with_torch: bool = True) -> Dict[
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return data
+
+
+# ---- vocabulary parallelism over processes ------------------------------------------
+
+def _vocab_parallel_rank(rank: int, world: int, init_method: str, n: int, v: int,
+                         threads: int, repeat: int, path: str) -> None:
+    """One rank of :func:`vocab_parallel`: forward and backward of its shard,
+    each round started together; rank 0 writes the slowest rank's times."""
+    import torch
+    import torch.distributed as dist
+
+    from ._threads import set_num_threads
+    from .distributed import vocab_parallel_cross_entropy
+
+    set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=init_method, rank=rank, world_size=world)
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n, v), dtype=np.float32)
+    target = torch.from_numpy(rng.integers(0, v, n))
+    bounds = np.linspace(0, v, world + 1).astype(int)
+    shard = torch.from_numpy(np.ascontiguousarray(logits[:, bounds[rank]:bounds[rank + 1]]))
+    times = []
+    for _ in range(repeat + 1):                    # the first round warms up
+        x = shard.clone().requires_grad_()
+        dist.barrier()
+        start = time.perf_counter()
+        vocab_parallel_cross_entropy(x, target).backward()
+        elapsed = torch.tensor([time.perf_counter() - start])
+        dist.all_reduce(elapsed, op=dist.ReduceOp.MAX)
+        times.append(float(elapsed))
+    if rank == 0:
+        with open(path, "w") as f:
+            json.dump(times[1:], f)
+    dist.destroy_process_group()
+
+
+def vocab_parallel(n: int, v: int, ranks: int, threads: int, repeat: int) -> Dict[str, object]:
+    """Forward + backward of ``ce_kernels.distributed.vocab_parallel_cross_entropy``
+    on ``ranks`` local processes (gloo; threads split among them) against
+    ``cross_entropy_with_grad`` in one process on the whole vocabulary, and
+    the bytes each rank sends per row (the same for any V)."""
+    import socket
+    import tempfile
+
+    import torch.multiprocessing as mp
+
+    from .distributed import BYTES_PER_ROW
+
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((n, v), dtype=np.float32)
+    target = rng.integers(0, v, n)
+    single = time_call(lambda: cross_entropy_with_grad(logits, target, num_threads=threads),
+                       repeat)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    per_rank = max(1, threads // ranks)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "times.json")
+        mp.start_processes(_vocab_parallel_rank, nprocs=ranks, start_method="spawn",
+                           args=(ranks, f"tcp://127.0.0.1:{port}", n, v, per_rank, repeat,
+                                 path))
+        with open(path) as f:
+            parallel = _summary(json.load(f))
+    return {"shape": [n, v], "ranks": ranks, "threads_per_rank": per_rank, "threads": threads,
+            "single_process": single, "vocab_parallel": parallel,
+            "ratio": parallel["min"] / single["min"],
+            "bytes_sent_per_row_per_rank": BYTES_PER_ROW,
+            "bytes_received_per_row_per_rank": BYTES_PER_ROW * (ranks - 1)}
+
+
+def format_vocab_parallel(r: Dict[str, object]) -> str:
+    n, v = r["shape"]
+    single, parallel = r["single_process"], r["vocab_parallel"]
+    return "\n".join([
+        f"vocab-parallel forward+backward, {n}x{v} float32, {r['ranks']} processes x "
+        f"{r['threads_per_rank']} threads vs 1 process x {r['threads']} threads",
+        f"  {'1 process (whole vocabulary)':<30} min {single['min'] * 1e3:9.2f} ms   median "
+        f"{single['median'] * 1e3:9.2f} ms",
+        f"  {str(r['ranks']) + ' processes (gloo)':<30} min {parallel['min'] * 1e3:9.2f} ms   "
+        f"median {parallel['median'] * 1e3:9.2f} ms   ratio {r['ratio']:.2f}",
+        f"  communicated per row: {r['bytes_sent_per_row_per_rank']} bytes sent and "
+        f"{r['bytes_received_per_row_per_rank']} received by each process (independent of V)",
+    ])

@@ -14,7 +14,8 @@ from libc.stdint cimport int64_t
 from ce_kernels._cdefs cimport (
     ce_dtype, CE_FLOAT32, CE_FLOAT64, CE_FLOAT16, CE_BFLOAT16,
     ce_mode, CE_MODE_LOSS, CE_MODE_LOSS_GRAD, CE_MODE_LOGSUMEXP, CE_MODE_SOFTMAX,
-    CE_MODE_LOG_SOFTMAX, CE_MODE_TOKEN_STATS,
+    CE_MODE_LOG_SOFTMAX, CE_MODE_TOKEN_STATS, CE_MODE_ROW_STATS, CE_MODE_GRAD_FROM_LSE,
+    ce_row_stats,
     ce_isa, CE_ISA_BASELINE, CE_ISA_AVX2, CE_ISA_AVX512,
     ce_interrupt, ce_problem,
     CE_OK, CE_ERR_NOMEM, CE_ERR_ARGS, CE_INTERRUPTED, CE_ERR_ABI,

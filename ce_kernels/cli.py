@@ -41,6 +41,17 @@ def int64(text: str) -> int:
     return value
 
 
+def row_range(text: str) -> Tuple[int, int]:
+    """'1000:2000' -> (1000, 2000)."""
+    try:
+        a, b = (int(part) for part in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected A:B (two integers), got {text!r}") from None
+    if not 0 <= a < b:
+        raise argparse.ArgumentTypeError(f"expected 0 <= A < B, got {text!r}")
+    return a, b
+
+
 class _Parser(argparse.ArgumentParser):
     """With ``one_line_errors``, a bad argument is reported on a single line
     (``PROG: error: ...``), like every other error of that command."""
@@ -84,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--no-numpy", action="store_true", help="skip the (slow) NumPy baseline")
     bench.add_argument("--no-torch", action="store_true", help="skip PyTorch even if installed")
     bench.add_argument("--json", action="store_true", help="print the results as JSON")
+    bench.add_argument("--vocab-parallel", type=positive_int, default=None, metavar="K",
+                       help="also time vocab_parallel_cross_entropy on K local processes "
+                            "(torch.distributed, gloo) against one process (needs PyTorch)")
     bench.add_argument("--plot", metavar="FILE.png", default=None,
                        help="also draw throughput vs vocabulary size and vs thread count "
                             "(needs matplotlib)")
@@ -111,19 +125,69 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--per-token", metavar="OUT.npy", default=None,
                     help="write the NLL of every scored position (float32, NaN where ignored)")
     ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    _add_sharded_eval_arguments(ev)
+    _add_merge_parser(sub)
     return parser
 
 
-def run_eval(args) -> int:
-    import json
-    import math
+def _add_sharded_eval_arguments(ev: argparse.ArgumentParser) -> None:
+    ev.add_argument("--rows", type=row_range, default=None, metavar="A:B",
+                    help="score only positions [A, B) of LOGITS (its rows, flattened to "
+                         "(positions, V)): one block of a job array")
+    ev.add_argument("--partial", metavar="OUT.json", default=None,
+                    help="write the exact partial sums instead of printing a summary; merge "
+                         "the partials of all blocks with 'ce-kernels merge'")
+    engine = ev.add_mutually_exclusive_group()
+    engine.add_argument("--dask", metavar="SCHEDULER", default=None,
+                        help="score with Dask: a scheduler address (tcp://host:8786), or "
+                             "synchronous, threads or processes. LOGITS and TARGETS may then be "
+                             "glob patterns of .npy files (paired in sorted order) or zarr arrays")
+    engine.add_argument("--workers", type=positive_int, default=None, metavar="K",
+                        help="score with Dask on a local cluster of K worker processes")
+    ev.add_argument("--block-rows", type=positive_int, default=None, metavar="K",
+                    help="with --dask or --workers: positions per task (default: about 256 MB "
+                         "of logits)")
 
+
+def _add_merge_parser(sub) -> None:
+    merge = sub.add_parser(
+        "merge", one_line_errors=True, help="merge the partials of 'eval --partial' runs",
+        description="Merges partial sums written by 'ce-kernels eval --rows A:B --partial "
+                    "OUT.json' (one per block of positions) into the summary 'ce-kernels eval' "
+                    "prints for all of them. The merge is exact: the summary is the same, bit "
+                    "for bit, whatever the blocks and their order.")
+    merge.add_argument("partials", metavar="PARTIAL.json", nargs="+",
+                       help="partial sums from 'ce-kernels eval --partial'")
+    merge.add_argument("--json", action="store_true", help="print the results as one JSON object")
+
+
+def _evaluate_with_dask(args) -> dict:
+    from ._dask_eval import evaluate_dask
+    from .evaluate import EvalError
+
+    for flag, value in (("--per-token", args.per_token), ("--rows", args.rows),
+                        ("--partial", args.partial)):
+        if value is not None:
+            raise EvalError(f"{flag} cannot be combined with --dask or --workers")
+    return evaluate_dask(args.logits, args.targets, scheduler=args.dask, workers=args.workers,
+                         shift=args.shift, ignore_index=args.ignore_index,
+                         chunk_rows=args.chunk_rows, threads=args.threads,
+                         block_rows=args.block_rows)
+
+
+def run_eval(args) -> int:
     from .evaluate import EvalError, evaluate
 
     try:
-        result = evaluate(args.logits, args.targets, shift=args.shift,
-                          ignore_index=args.ignore_index, chunk_rows=args.chunk_rows,
-                          threads=args.threads, per_token=args.per_token)
+        if args.dask is not None or args.workers is not None:
+            result = _evaluate_with_dask(args)
+        else:
+            result = evaluate(args.logits, args.targets, shift=args.shift,
+                              ignore_index=args.ignore_index, chunk_rows=args.chunk_rows,
+                              threads=args.threads, per_token=args.per_token, rows=args.rows,
+                              as_partial=args.partial is not None)
+        if args.partial is not None:
+            return _write_partial(args.partial, result)
     except EvalError as exc:
         print(f"ce-kernels eval: error: {_escape_line_breaks(exc)}", file=sys.stderr)
         return 2
@@ -136,7 +200,15 @@ def run_eval(args) -> int:
     except KeyboardInterrupt:
         print("ce-kernels eval: interrupted", file=sys.stderr)
         return 130
-    if args.json:
+    _print_summary(result, args.json, args.per_token)
+    return 0
+
+
+def _print_summary(result: dict, as_json: bool, per_token: Optional[str]) -> None:
+    import json
+    import math
+
+    if as_json:
         clean = {k: (None if isinstance(val, float) and math.isnan(val) else val)
                  for k, val in result.items()}
         print(json.dumps(clean))
@@ -148,15 +220,68 @@ def run_eval(args) -> int:
         print(f"perplexity        {result['perplexity']:.4f}")
         print(f"top-1 accuracy    {result['accuracy']:.6f}")
         print(f"mean entropy      {result['entropy']:.6f}")
-        if args.per_token:
-            print(f"per-token NLL     {args.per_token}")
+        if per_token:
+            print(f"per-token NLL     {per_token}")
+
+
+def _write_partial(path: str, partial: dict) -> int:
+    """Write a partial as JSON, replacing ``path`` only once it is whole."""
+    import json
+    import os
+
+    tmp = f"{path}.{os.getpid()}.tmp"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(partial, f)
+        os.replace(tmp, path)
+    except OSError as exc:
+        print(f"ce-kernels eval: error: cannot write --partial {path}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return 2
     return 0
+
+
+def run_merge(args) -> int:
+    import json
+
+    from ._partial import eval_merge
+
+    partials = []
+    for path in args.partials:
+        try:
+            with open(path) as f:
+                partials.append(json.load(f))
+        except (OSError, ValueError) as exc:
+            print(f"ce-kernels merge: error: cannot read {path}: "
+                  f"{_escape_line_breaks(getattr(exc, 'strerror', None) or exc)}", file=sys.stderr)
+            return 2
+    try:
+        result = eval_merge(partials)
+    except ValueError as exc:
+        message = str(exc)
+        for i, path in enumerate(args.partials):   # name the file, not its index
+            message = message.replace(f"partials[{i}]", path)
+        print(f"ce-kernels merge: error: {_escape_line_breaks(message)}", file=sys.stderr)
+        return 2
+    _print_summary(result, args.json, None)
+    return 0
+
+
+def _bench_vocab_parallel(bench, shapes, args) -> None:
+    import json
+
+    threads = args.threads or ck_threads()
+    for n, v in shapes:
+        result = bench.vocab_parallel(n, v, args.vocab_parallel, threads, args.repeat)
+        print(json.dumps(result) if args.json else bench.format_vocab_parallel(result) + "\n")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "merge":
+        return run_merge(args)
     if args.command == "bench":
         from . import bench
 
@@ -164,6 +289,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             bench.QUICK_SHAPES if args.quick else bench.DEFAULT_SHAPES)
         bench.run(shapes, threads=args.threads, repeat=args.repeat,
                   with_numpy=not args.no_numpy, with_torch=not args.no_torch, as_json=args.json)
+        if args.vocab_parallel:
+            _bench_vocab_parallel(bench, shapes, args)
         if args.plot:
             try:
                 bench.plot(args.plot, threads=args.threads or ck_threads(), repeat=args.repeat,

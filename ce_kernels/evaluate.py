@@ -20,11 +20,12 @@ import os
 import stat
 import sys
 import tempfile
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Any, Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
 from . import _core
+from . import _partial
 from . import _validation as v
 from ._rows import Problem, Targets
 
@@ -385,9 +386,23 @@ def _release(arr: np.ndarray) -> None:
             pass
 
 
-def _chunks(rows: np.ndarray, chunk_rows: int) -> Iterator[Tuple[int, int]]:
-    for start in range(0, rows.shape[0], chunk_rows):
-        yield start, min(start + chunk_rows, rows.shape[0])
+def _chunks(lo: int, hi: int, chunk_rows: int) -> Iterator[Tuple[int, int]]:
+    for start in range(lo, hi, chunk_rows):
+        yield start, min(start + chunk_rows, hi)
+
+
+def _row_range(rows: Optional[Tuple[int, int]], n_positions: int, per_token: Optional[str]
+               ) -> Tuple[int, int]:
+    """The positions of LOGITS to score, [A, B), checked (``rows`` None: all)."""
+    if rows is None:
+        return 0, n_positions
+    a, b = rows
+    if not 0 <= a < b <= n_positions:
+        raise EvalError(f"--rows {a}:{b} is not a non-empty range within the {n_positions} "
+                        f"positions of LOGITS")
+    if per_token is not None:
+        raise EvalError("--per-token writes every position; it cannot be combined with --rows")
+    return a, b
 
 
 def _progress(total: int, enabled: bool):
@@ -404,13 +419,21 @@ def _progress(total: int, enabled: bool):
 def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
              ignore_index: int = -100, chunk_rows: Optional[int] = None,
              threads: Optional[int] = None, per_token: Optional[str] = None,
-             progress: bool = True) -> Dict[str, float]:
+             progress: bool = True, rows: Optional[Tuple[int, int]] = None,
+             as_partial: bool = False) -> Dict[str, Any]:
     """Score a saved logits file against token ids.
 
     Returns a dict with ``tokens`` (positions scored), ``ignored``, ``nll``
     (mean, nats), ``bits_per_token``, ``perplexity``, ``accuracy`` (top-1),
     ``entropy`` (mean predictive entropy over scored positions, nats),
-    ``vocab``, ``chunk_rows`` and ``positions``.
+    ``vocab``, ``chunk_rows`` and ``positions``: the
+    :func:`ce_kernels.eval_merge` of the chunks' partial sums, so the same
+    bits whatever ``chunk_rows``.
+
+    ``rows=(A, B)`` scores only the positions ``[A, B)`` of LOGITS (its rows
+    once flattened to (positions, V)); ``as_partial`` returns the partial
+    sums (:func:`ce_kernels.eval_partial`) instead of the summary, with
+    ``rows``, for :func:`ce_kernels.eval_merge` to merge with others.
 
     ``per_token`` is written atomically: into a temporary file in the same
     directory, renamed over the destination only when the whole run succeeds.
@@ -431,17 +454,20 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
         out_shape = out_shape[:-1] + (out_shape[-1] - 1,) if len(out_shape) >= 1 else out_shape
     segments = _segments(logits, shift)
     flat_targets = _flat_targets(targets)
+    first, last = _row_range(rows, int(np.prod(logits.shape[:-1])), per_token)
 
-    scored = ignored = correct = 0
-    nll_sum = entropy_sum = 0.0
+    partial = _partial.empty_partial(v_size)
     total_positions = int(np.prod(out_shape)) if len(out_shape) else 1
     out = _AtomicOutput(dest, out_shape, dest_mode, per_token) if per_token is not None else None
     bar = None
     try:
-        bar = _progress(total_positions, progress)
-        for rows, target_start, out_start in segments:
-            for start, stop in _chunks(rows, chunk_rows):
-                chunk = rows[start:stop]
+        bar = _progress(total_positions if rows is None else last - first, progress)
+        for seg_rows, target_start, out_start in segments:
+            at = target_start - 1 if shift else 0      # position of the segment's first row
+            lo = min(max(first - at, 0), seg_rows.shape[0])
+            hi = min(max(last - at, lo), seg_rows.shape[0])
+            for start, stop in _chunks(lo, hi, chunk_rows):
+                chunk = seg_rows[start:stop]
                 raw = flat_targets[target_start + start: target_start + stop]
                 t, bad = _checked_targets(raw, v_size, ignore_index)
                 if bad >= 0:
@@ -450,13 +476,7 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
                                     f"is out of range [0, {v_size}) and is not --ignore-index "
                                     f"({ignore_index})")
                 stats = problem.token_stats_rows(_kernel_rows(chunk), Targets(t, None, math.nan))
-                counted = t != ignore_index
-                n_counted = int(np.count_nonzero(counted))
-                scored += n_counted
-                ignored += t.size - n_counted
-                nll_sum += float(np.sum(stats.nll[counted], dtype=np.float64))
-                entropy_sum += float(np.sum(stats.entropy[counted], dtype=np.float64))
-                correct += int(np.count_nonzero(stats.correct))
+                _partial.add_block(partial, t, stats, ignore_index)
                 if out is not None:
                     out.write(out_start + start, stats.nll)
                 _release(chunk)
@@ -471,16 +491,8 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     finally:
         if bar is not None:
             bar.close()
-    mean_nll = nll_sum / scored if scored else math.nan
-    return {
-        "tokens": scored,
-        "ignored": ignored,
-        "nll": mean_nll,
-        "bits_per_token": mean_nll / math.log(2) if scored else math.nan,
-        "perplexity": math.exp(mean_nll) if scored else math.nan,
-        "accuracy": correct / scored if scored else math.nan,
-        "entropy": entropy_sum / scored if scored else math.nan,
-        "vocab": v_size,
-        "positions": total_positions,
-        "chunk_rows": chunk_rows,
-    }
+    if as_partial:
+        return dict(partial, rows=[first, last])
+    summary = _partial.eval_merge([partial])
+    summary.update(positions=total_positions, chunk_rows=chunk_rows)
+    return summary

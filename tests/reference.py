@@ -363,3 +363,35 @@ def binary_cross_entropy_pytorch_formula(x, y, weight=None, pos_weight=None, red
     with np.errstate(invalid="ignore"):
         loss = w * ((1 - y) * x + (1 + (pw - 1) * y) * softplus(-x))
     return _reduce(np.broadcast_to(loss, x.shape), reduction)
+
+
+# ---- vocabulary shards ------------------------------------------------------------
+
+def shard_row_stats(logits_shard, target, vocab_start, weight=None, label_smoothing=0.0,
+                    softcap=None):
+    """The per-row statistics of one shard of the vocabulary, field by field
+    (max, sumexp, lin, wsum, target_logit, target_weight, target_found,
+    argmax), straight from their definitions in float64. ``weight`` covers
+    the whole vocabulary; ``target`` holds global class ids."""
+    x = softcapped(logits_shard, softcap)
+    raw = np.asarray(logits_shard, dtype=np.float64)
+    n_rows, n_cols = x.shape
+    t = np.asarray(target)
+    w_all = None if weight is None else np.asarray(weight, dtype=np.float64)
+    w = np.ones(n_cols) if w_all is None else w_all[vocab_start:vocab_start + n_cols]
+    m = x.max(axis=-1)
+    local = t - vocab_start
+    found = (local >= 0) & (local < n_cols)
+    safe = np.where(found, local, 0)
+    out = np.zeros((n_rows, 8))
+    out[:, 0] = m
+    out[:, 1] = np.exp(x - m[:, None]).sum(axis=-1)
+    if label_smoothing > 0:
+        out[:, 2] = (w * (m[:, None] - x)).sum(axis=-1)
+        out[:, 3] = w.sum()
+    out[:, 4] = np.where(found, x[np.arange(n_rows), safe], 0.0)
+    tw = np.ones(n_rows) if w_all is None else w_all[np.where(found, t, 0)]
+    out[:, 5] = np.where(found, tw, 0.0)
+    out[:, 6] = found
+    out[:, 7] = vocab_start + np.argmax(raw, axis=-1)
+    return out
