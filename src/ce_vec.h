@@ -242,21 +242,20 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(log_d)(CE_V(vd) x)
 }
 
 /* log(1 + e) for e >= -1, accurate for small e: log(u) of u = 1 + e as
- * rounded, plus the rounding's first-order correction (e - (u - 1)) / u. */
+ * rounded, plus the rounding's first-order correction (e - (u - 1)) / u,
+ * which is NaN exactly where u is 0 or inf (and then dropped). */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_f)(CE_V(vf) e)
 {
     const CE_V(vf) u = e + 1.0f;
     const CE_V(vf) c = (e - (u - 1.0f)) / u;
-    const CE_V(vi32) finite = (u > 0.0f) & (u < __builtin_inff());
-    return CE_V(log_f)(u) + CE_V(select_f)(finite, c, (CE_V(vf)){0});
+    return CE_V(log_f)(u) + CE_V(select_f)(c == c, c, (CE_V(vf)){0});
 }
 
 CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_d)(CE_V(vd) e)
 {
     const CE_V(vd) u = e + 1.0;
     const CE_V(vd) c = (e - (u - 1.0)) / u;
-    const CE_V(vi64) finite = (u > 0.0) & (u < __builtin_inf());
-    return CE_V(log_d)(u) + CE_V(select_d)(finite, c, (CE_V(vd)){0});
+    return CE_V(log_d)(u) + CE_V(select_d)(c == c, c, (CE_V(vd)){0});
 }
 
 /* ---- float <-> double ----------------------------------------------------- */
