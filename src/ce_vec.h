@@ -432,6 +432,17 @@ CE_ALWAYS_INLINE void CE_V(store_f16)(uint16_t *p, CE_V(vf) v)
 
 /* ---- binary cross-entropy's gradient ------------------------------------ */
 
+/* exp(-a) for a >= 0 (or NaN), results below the smallest normal double
+ * included (gradual underflow): there the argument is raised by 40, which
+ * is exact in that range, and the result scaled back by exp(-40). */
+CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_neg_d)(CE_V(vd) a)
+{
+    const CE_V(vd) t = -a, lo = (CE_V(vd)){0} - 708.0;
+    const CE_V(vd) e = CE_V(exp_d)(t);
+    if (!CE_V(any_above_d)(lo, t)) return e;
+    return CE_V(select_d)(t < lo, CE_V(exp_d)(t + 40.0) * 4.24835425529158900e-18, e);
+}
+
 /* (1 - y) sigmoid(x) - pw y sigmoid(-x), each term skipped where its
  * factor is 0, in double: the two terms cancel where sigmoid(x) is near
  * y, and double keeps the difference exact to float's precision. */
@@ -439,7 +450,7 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
 {
     const CE_V(vd) zero = (CE_V(vd)){0};
     const CE_V(vi64) negative = x < 0.0;
-    const CE_V(vd) e = CE_V(exp_d)(CE_V(select_d)(negative, x, -x));
+    const CE_V(vd) e = CE_V(exp_neg_d)(CE_V(select_d)(negative, -x, x));
     const CE_V(vd) r = 1.0 / (1.0 + e), er = e * r;   /* sigmoid(|x|), sigmoid(-|x|) */
     const CE_V(vd) pos = pw * y, neg = 1.0 - y;
     const CE_V(vd) s_plus = CE_V(select_d)(negative, er, r);
