@@ -43,10 +43,12 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(fload)(const CE_T *p, int64_t count, CE
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(fload_aux)(const CE_CT *p, const double *p_double,
                                                     int64_t step, int64_t count, CE_CT fill)
 {
+    if (p == NULL && p_double == NULL) return CE_NAME(fsplat)(fill);
     if (p != NULL && step == 1 && count == CE_W) return CE_VLOAD_CT(p);
+    if (step == 0 && count == CE_W) return CE_NAME(fsplat)(p ? p[0] : (CE_CT)p_double[0]);
     CE_CT buf[CE_W];
     for (int64_t l = 0; l < CE_W; ++l) {
-        if (l >= count || (p == NULL && p_double == NULL)) buf[l] = fill;
+        if (l >= count) buf[l] = fill;
         else buf[l] = p ? p[l * step] : (CE_CT)p_double[l * step];
     }
     return CE_VLOAD_CT(buf);
@@ -189,25 +191,28 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(bce_probs)(CE_VT p, CE_VT y)
     return -(y * a + (CE_NAME(fsplat)(1) - y) * b);
 }
 
-CE_TARGET CE_ALWAYS_INLINE void CE_NAME(bce_body)(const ce_bce_chunk *c, int64_t n,
-                                                  CE_ACC *sum, const int logits,
-                                                  const int want_grad)
+CE_TARGET CE_ALWAYS_INLINE double CE_NAME(bce_body)(const ce_bce_chunk *c, int64_t n,
+                                                    const int logits, const int want_grad)
 {
+    /* everything in locals: the stores below could alias *c */
     const CE_T *x = (const CE_T *)c->x;
     const CE_CT *y = (const CE_CT *)c->y, *w = (const CE_CT *)c->w, *pw = (const CE_CT *)c->pw;
+    const double *g = c->g;
+    const int64_t w_step = c->w_step, pw_step = c->pw_step, g_step = c->g_step;
     CE_CT *elem = (CE_CT *)c->elem;
     CE_T *grad = (CE_T *)c->grad;
     const CE_VT scale = CE_NAME(fsplat)((CE_CT)c->scale);
+    CE_ACC sum;
+    memset(&sum, 0, sizeof sum);
     for (int64_t i = 0; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
         const CE_VT xv = CE_NAME(fload)(x + i, count, 0);
         const CE_VT yv = CE_NAME(fload_aux)(y + i, NULL, 1, count, 0);
-        CE_VT wv = CE_NAME(fload_aux)(w ? w + i * c->w_step : NULL, NULL, c->w_step, count, 1);
+        CE_VT wv = CE_NAME(fload_aux)(w ? w + i * w_step : NULL, NULL, w_step, count, 1);
         if (count < CE_W) wv = CE_SELECT(CE_NAME(flive)(count), wv, (CE_VT){0});
         CE_VT loss, dx = (CE_VT){0};
         if (logits) {
-            const CE_VT pwv =
-                CE_NAME(fload_aux)(pw ? pw + i * c->pw_step : NULL, NULL, c->pw_step, count, 1);
+            const CE_VT pwv = CE_NAME(fload_aux)(pw ? pw + i * pw_step : NULL, NULL, pw_step, count, 1);
             loss = wv * CE_NAME(bce_logits)(xv, yv, pwv);
             if (want_grad) dx = CE_BCE_DX(xv, yv, pwv);
         } else {
@@ -215,24 +220,21 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(bce_body)(const ce_bce_chunk *c, int64_t
         }
         /* padding lanes: w = 0; a loss of 0 * inf there is dropped too */
         if (count < CE_W) loss = CE_SELECT(CE_NAME(flive)(count), loss, (CE_VT){0});
-        CE_ACC_ADD(sum, loss);
+        CE_ACC_ADD(&sum, loss);
         if (elem) CE_NAME(fstore_ct)(elem + i, count, loss);
         if (want_grad) {
-            const CE_VT g = CE_NAME(fload_aux)(NULL, c->g ? c->g + i * c->g_step : NULL,
-                                               c->g_step, count, 1);
-            CE_NAME(fstore)(grad + i, count, wv * dx * scale * g);
+            const CE_VT gv = CE_NAME(fload_aux)(NULL, g ? g + i * g_step : NULL, g_step, count, 1);
+            CE_NAME(fstore)(grad + i, count, wv * dx * scale * gv);
         }
     }
+    return CE_ACC_SUM(sum);
 }
 
 CE_TARGET static double CE_NAME(bce)(const ce_bce_chunk *c, int64_t n)
 {
-    CE_ACC sum;
-    memset(&sum, 0, sizeof sum);
-    if (c->mode == CE_BCE_PROBS)   CE_NAME(bce_body)(c, n, &sum, 0, 0);
-    else if (c->grad != NULL)      CE_NAME(bce_body)(c, n, &sum, 1, 1);
-    else                           CE_NAME(bce_body)(c, n, &sum, 1, 0);
-    return CE_ACC_SUM(sum);
+    if (c->mode == CE_BCE_PROBS) return CE_NAME(bce_body)(c, n, 0, 0);
+    if (c->grad != NULL)         return CE_NAME(bce_body)(c, n, 1, 1);
+    return CE_NAME(bce_body)(c, n, 1, 0);
 }
 
 /* ---- sigmoid and log-sigmoid ------------------------------------------ */

@@ -241,21 +241,40 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(log_d)(CE_V(vd) x)
     return CE_V(log_special_d)(x, r);
 }
 
-/* log(1 + e) for e >= -1, accurate for small e: log(u) of u = 1 + e as
- * rounded, plus the rounding's first-order correction (e - (u - 1)) / u,
- * which is NaN exactly where u is 0 or inf (and then dropped). */
+/* log(1 + e) for e in [-1, 1], accurate for small e, without a division:
+ * u = 1 + e rounded and c = e - (u - 1) its rounding error (exact, as
+ * |e| <= 1), so 1 + e = u + c = 2^k (m + c 2^-k) and
+ * log(1 + e) = k ln2 + log(1 + (m - 1 + c 2^-k)). u = 0 (e = -1) gives
+ * -inf; NaN stays NaN. */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_f)(CE_V(vf) e)
 {
     const CE_V(vf) u = e + 1.0f;
-    const CE_V(vf) c = (e - (u - 1.0f)) / u;
-    return CE_V(log_f)(u) + CE_V(select_f)(c == c, c, (CE_V(vf)){0});
+    const CE_V(vf) c = e - (u - 1.0f);
+    const CE_V(vi32) bits = (CE_V(vi32))u;
+    const CE_V(vi32) k = (bits - 0x3F3504F3) >> 23;
+    const CE_V(vf) m = (CE_V(vf))(bits - (CE_V(vi32))((CE_V(vu32))k << 23));
+    /* 2^-k, for the k of u in [2^-25, 2] */
+    const CE_V(vf) down = (CE_V(vf))((CE_V(vi32))((CE_V(vu32))(127 - k) << 23));
+    const CE_V(vf) kf = __builtin_convertvector(k, CE_V(vf));
+    const CE_V(vf) r = (kf * 1.42860676533018708e-06f + CE_V(log1p_reduced_f)((m - 1.0f) + c * down)) +
+                       kf * 0.693145751953125f;
+    return CE_V(log_special_f)(u, r);
 }
 
 CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_d)(CE_V(vd) e)
 {
     const CE_V(vd) u = e + 1.0;
-    const CE_V(vd) c = (e - (u - 1.0)) / u;
-    return CE_V(log_d)(u) + CE_V(select_d)(c == c, c, (CE_V(vd)){0});
+    const CE_V(vd) c = e - (u - 1.0);
+    const CE_V(vi64) bits = (CE_V(vi64))u;
+    const CE_V(vi64) k = (bits - INT64_C(0x3FE6A09E667F3BCD)) >> 52;
+    const CE_V(vd) m = (CE_V(vd))(bits - (CE_V(vi64))((CE_V(vu64))k << 52));
+    const CE_V(vd) down = (CE_V(vd))((CE_V(vi64))((CE_V(vu64))(1023 - k) << 52));
+    const double round_magic = 6755399441055744.0;  /* 1.5 * 2^52: k as a double (log_d) */
+    const CE_V(vi64) magic_bits = (CE_V(vi64))((CE_V(vd)){0} + round_magic);
+    const CE_V(vd) kf = (CE_V(vd))(k + magic_bits) - round_magic;
+    const CE_V(vd) r = (kf * 1.90821492927058770002e-10 + CE_V(log1p_reduced_d)((m - 1.0) + c * down)) +
+                       kf * 6.93147180369123816490e-01;
+    return CE_V(log_special_d)(u, r);
 }
 
 /* ---- float <-> double ----------------------------------------------------- */
@@ -444,14 +463,15 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_neg_d)(CE_V(vd) a)
 }
 
 /* (1 - y) sigmoid(x) - pw y sigmoid(-x), each term skipped where its
- * factor is 0, in double: the two terms cancel where sigmoid(x) is near
- * y, and double keeps the difference exact to float's precision. */
-CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
+ * factor is 0, in double, given e = exp(-|x|) and r = 1 / (1 + e): the
+ * two terms cancel where sigmoid(x) is near y, and double keeps the
+ * difference exact to float's precision. */
+CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_of)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw, CE_V(vd) e,
+                                          CE_V(vd) r)
 {
     const CE_V(vd) zero = (CE_V(vd)){0};
     const CE_V(vi64) negative = x < 0.0;
-    const CE_V(vd) e = CE_V(exp_neg_d)(CE_V(select_d)(negative, -x, x));
-    const CE_V(vd) r = 1.0 / (1.0 + e), er = e * r;   /* sigmoid(|x|), sigmoid(-|x|) */
+    const CE_V(vd) er = e * r;                       /* sigmoid(-|x|); r = sigmoid(|x|) */
     const CE_V(vd) pos = pw * y, neg = 1.0 - y;
     const CE_V(vd) s_plus = CE_V(select_d)(negative, er, r);
     const CE_V(vd) s_minus = CE_V(select_d)(negative, r, er);
@@ -459,13 +479,29 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
            CE_V(select_d)(pos != 0.0, pos * s_minus, zero);
 }
 
+CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
+{
+    const CE_V(vd) e = CE_V(exp_neg_d)(CE_V(select_d)(x < 0.0, -x, x));
+    return CE_V(bce_dx_of)(x, y, pw, e, 1.0 / (1.0 + e));
+}
+
+/* The same for float lanes, computed in double; 1 / (1 + e) as a float
+ * quotient (one division for all lanes) refined by a Newton step in
+ * double, which leaves a relative error of about 2^-46. */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(bce_dx_f)(CE_V(vf) x, CE_V(vf) y, CE_V(vf) pw)
 {
-    CE_V(vd) x_lo, x_hi, y_lo, y_hi, pw_lo, pw_hi;
+    CE_V(vd) x_lo, x_hi, y_lo, y_hi, pw_lo, pw_hi, r_lo, r_hi;
     CE_V(widen_f)(x, &x_lo, &x_hi);
     CE_V(widen_f)(y, &y_lo, &y_hi);
     CE_V(widen_f)(pw, &pw_lo, &pw_hi);
-    return CE_V(narrow_d)(CE_V(bce_dx_d)(x_lo, y_lo, pw_lo), CE_V(bce_dx_d)(x_hi, y_hi, pw_hi));
+    const CE_V(vd) e_lo = CE_V(exp_neg_d)(CE_V(select_d)(x_lo < 0.0, -x_lo, x_lo));
+    const CE_V(vd) e_hi = CE_V(exp_neg_d)(CE_V(select_d)(x_hi < 0.0, -x_hi, x_hi));
+    const CE_V(vd) d_lo = 1.0 + e_lo, d_hi = 1.0 + e_hi;
+    CE_V(widen_f)(1.0f / CE_V(narrow_d)(d_lo, d_hi), &r_lo, &r_hi);
+    r_lo = r_lo * (2.0 - d_lo * r_lo);
+    r_hi = r_hi * (2.0 - d_hi * r_hi);
+    return CE_V(narrow_d)(CE_V(bce_dx_of)(x_lo, y_lo, pw_lo, e_lo, r_lo),
+                          CE_V(bce_dx_of)(x_hi, y_hi, pw_hi, e_hi, r_hi));
 }
 
 /* ---- soft-capping ------------------------------------------------------- */
