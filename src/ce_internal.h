@@ -158,7 +158,7 @@ typedef struct {
      (isa) == CE_ISA_AVX2 ? CE_BY_DTYPE(kind, avx2, dtype) :                 \
      CE_BY_DTYPE(kind, baseline, dtype))
 #else
-#define CE_PICK(kind, isa, dtype) CE_BY_DTYPE(kind, baseline, dtype)
+#define CE_PICK(kind, isa, dtype) ((void)(isa), CE_BY_DTYPE(kind, baseline, dtype))
 #endif
 
 /* extern const <type> <kind>_<dtype>_<isa>; for every dtype. */
