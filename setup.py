@@ -113,6 +113,7 @@ extension = Extension(
         "src/ce_leaves.c",
         "src/ce_floor.c",
         "src/ce_family.c",
+        "src/ce_family_leaves.c",
     ],
     include_dirs=["src", INCLUDE_DIR, np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

@@ -8,7 +8,7 @@ C problem description and runs it with the GIL released.
 cimport numpy as cnp
 from cpython.exc cimport PyErr_CheckSignals
 from cpython.pycapsule cimport PyCapsule_New
-from libc.stdint cimport int64_t, uint8_t
+from libc.stdint cimport int64_t, uint8_t, uint32_t
 from libc.string cimport memset
 from posix.time cimport clock_gettime, timespec, CLOCK_MONOTONIC
 
@@ -391,6 +391,9 @@ cdef extern from "ce_family.h":
         CE_LOG_SIGMOID
     int ce_sigmoid_run(ce_dtype dtype, ce_sigmoid_mode mode, const void *x, void *out,
                        int64_t n, int n_threads, const ce_interrupt *interrupt) nogil
+    void ce_log_f32_array(const float *x, float *y, int64_t n) nogil
+    void ce_log_f64_array(const double *x, double *y, int64_t n) nogil
+    double ce_log_f32_max_ulp(uint32_t first, uint32_t last) nogil
 
 
 DIST_ENTROPY = CE_DIST_ENTROPY
@@ -400,10 +403,6 @@ BCE_LOGITS = CE_BCE_LOGITS
 BCE_PROBS = CE_BCE_PROBS
 SIGMOID = CE_SIGMOID
 LOG_SIGMOID = CE_LOG_SIGMOID
-
-
-cdef inline ce_dtype dtype_of(cnp.ndarray a):
-    return CE_FLOAT32 if cnp.PyArray_TYPE(a) == cnp.NPY_FLOAT32 else CE_FLOAT64
 
 
 cdef inline ce_strided strided_of(cnp.ndarray a):
@@ -419,13 +418,14 @@ cdef inline ce_strided strided_of(cnp.ndarray a):
     return s
 
 
-def dist_run(int mode, cnp.ndarray p, cnp.ndarray q, cnp.ndarray row_out,
-             cnp.ndarray p_sum, cnp.ndarray q_sum, cnp.ndarray p_negative,
-             cnp.ndarray q_negative, int n_threads):
-    """Row reductions over distributions: p, q 2-D rows (last axis
-    contiguous); the other arrays contiguous, one entry per row."""
+def dist_run(int mode, int dtype, cnp.ndarray p, cnp.ndarray q=None, *, cnp.ndarray row_out,
+             cnp.ndarray p_sum=None, cnp.ndarray q_sum=None, cnp.ndarray p_negative=None,
+             cnp.ndarray q_negative=None, int n_threads=0):
+    """Row reductions over distributions: p, q 2-D rows of the kernels'
+    dtype code ``dtype`` (last axis contiguous); the other arrays
+    contiguous, one entry per row (float64 sums, uint8 flags)."""
     cdef ce_dist_problem pr
-    pr.dtype = dtype_of(p)
+    pr.dtype = <ce_dtype>dtype
     pr.mode = <ce_dist_mode>mode
     pr.n_rows = cnp.PyArray_DIM(p, 0)
     pr.n_cols = cnp.PyArray_DIM(p, 1)
@@ -446,14 +446,16 @@ def dist_run(int mode, cnp.ndarray p, cnp.ndarray q, cnp.ndarray row_out,
     stop.check(status)
 
 
-def bce_run(int mode, cnp.ndarray x, cnp.ndarray y, cnp.ndarray weight,
-            cnp.ndarray pos_weight, cnp.ndarray grad_output, double grad_scale,
-            cnp.ndarray elem_out, cnp.ndarray row_out, cnp.ndarray grad, int n_threads):
-    """Binary cross-entropy over 2-D rows x, y (last axis contiguous);
-    weight, pos_weight (dtype of x) and grad_output (float64) are 2-D and
-    may have zero strides."""
+def bce_run(int mode, int dtype, cnp.ndarray x, cnp.ndarray y, *, cnp.ndarray weight=None,
+            cnp.ndarray pos_weight=None, cnp.ndarray grad_output=None, double grad_scale=1.0,
+            cnp.ndarray elem_out=None, cnp.ndarray row_out=None, cnp.ndarray grad=None,
+            int n_threads=0):
+    """Binary cross-entropy over 2-D rows x (dtype code ``dtype``) and y
+    (last axis contiguous); y, weight, pos_weight and elem_out of the
+    compute type, grad_output float64; weight, pos_weight and grad_output
+    are 2-D and may have zero strides."""
     cdef ce_bce_problem pr
-    pr.dtype = dtype_of(x)
+    pr.dtype = <ce_dtype>dtype
     pr.mode = <ce_bce_mode>mode
     pr.n_rows = cnp.PyArray_DIM(x, 0)
     pr.n_cols = cnp.PyArray_DIM(x, 1)
@@ -478,17 +480,38 @@ def bce_run(int mode, cnp.ndarray x, cnp.ndarray y, cnp.ndarray weight,
     stop.check(status)
 
 
-def sigmoid_run(int mode, cnp.ndarray x, cnp.ndarray out, int n_threads):
-    """Elementwise sigmoid / log-sigmoid of contiguous x into contiguous out."""
+def sigmoid_run(int mode, int dtype, cnp.ndarray x, cnp.ndarray out, *, int n_threads=0):
+    """Elementwise sigmoid / log-sigmoid of contiguous x into contiguous out
+    (both of dtype code ``dtype``)."""
     cdef int status
-    cdef ce_dtype dt = dtype_of(x)
     cdef const void *src = cnp.PyArray_DATA(x)
     cdef void *dst = cnp.PyArray_DATA(out)
     cdef int64_t n = cnp.PyArray_SIZE(x)
     cdef Interruptible stop = interrupt_for(n)
     with nogil:
-        status = ce_sigmoid_run(dt, <ce_sigmoid_mode>mode, src, dst, n, n_threads, &stop.interrupt)
+        status = ce_sigmoid_run(<ce_dtype>dtype, <ce_sigmoid_mode>mode, src, dst, n, n_threads,
+                                &stop.interrupt)
     stop.check(status)
+
+
+def log_array(cnp.ndarray x, cnp.ndarray y):
+    """y = log(x) with the kernels' own logarithm (contiguous, same dtype)."""
+    cdef int64_t n = cnp.PyArray_SIZE(x)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT32:
+        with nogil:
+            ce_log_f32_array(<const float *>cnp.PyArray_DATA(x), <float *>cnp.PyArray_DATA(y), n)
+    else:
+        with nogil:
+            ce_log_f64_array(<const double *>cnp.PyArray_DATA(x), <double *>cnp.PyArray_DATA(y), n)
+
+
+def log_f32_max_ulp(uint32_t first, uint32_t last):
+    """Largest float32 log error in ulps over the bit patterns first..last
+    (see ce_log_f32_max_ulp)."""
+    cdef double worst
+    with nogil:
+        worst = ce_log_f32_max_ulp(first, last)
+    return worst
 
 
 def small_mean_loss(cnp.ndarray x, cnp.ndarray target, int64_t ignore_index, int dtype, int n_threads):

@@ -1,7 +1,11 @@
 """The cross-entropy family beyond the softmax loss: entropy, cross-entropy
 between distributions, KL divergence, binary (sigmoid) cross-entropy,
 sigmoid and log-sigmoid. Validation and documentation here; arithmetic in
-``src/ce_family.c``.
+``src/ce_family.c`` and ``src/ce_family_template.h``.
+
+Every function accepts float32, float64, float16 and bfloat16 inputs;
+half-precision inputs are computed in float32 (sums in float64) and give
+float32 losses and statistics.
 """
 from __future__ import annotations
 
@@ -45,10 +49,24 @@ def _distribution_rows(arr: np.ndarray, axis: int, dtype: np.dtype) -> np.ndarra
     return v.rows_view(np.moveaxis(arr.astype(dtype, copy=False), axis, -1))
 
 
+def _epsilon(dtype: np.dtype) -> float:
+    """Machine epsilon of a supported dtype (bfloat16 included)."""
+    return 2.0 ** -7 if v.is_bfloat16(dtype) else float(np.finfo(dtype).eps)
+
+
+def _common_dtype(arrays) -> np.ndarray:
+    """The dtype the kernel reads all of ``arrays`` in: their own if they
+    share one, else the promotion of their compute types."""
+    dtypes = {v.native(a.dtype) for a in arrays}
+    if len(dtypes) == 1:
+        return dtypes.pop()
+    return np.result_type(*[v.compute_dtype(d) for d in dtypes])
+
+
 def _check_distribution(name: str, rows_sum: np.ndarray, negative: np.ndarray,
                         batch_shape: Tuple[int, ...], dtype: np.dtype) -> None:
     """Raise ValueError naming the first row that is not a distribution."""
-    tol = math.sqrt(np.finfo(dtype).eps)
+    tol = math.sqrt(_epsilon(dtype))
     bad = negative.astype(bool) | ~(np.abs(rows_sum - 1.0) <= tol)
     if bad.any():
         flat = int(np.argmax(bad))
@@ -65,17 +83,17 @@ def _check_distribution(name: str, rows_sum: np.ndarray, negative: np.ndarray,
 
 def _distribution_call(mode: int, p: Any, q: Any, base: Any, axis: Any, validate: bool,
                        num_threads: Any):
-    P = v.as_float_array(p, "p")
+    P = v.as_float_array(p, "p", allow_half=True)
     arrays = [P]
     if q is not None:
-        Q = v.as_float_array(q, "q")
+        Q = v.as_float_array(q, "q", allow_half=True)
         if Q.shape != P.shape:
             raise ValueError(f"p and q must have the same shape, got {P.shape} and {Q.shape}")
         arrays.append(Q)
     ax = v.check_axis(axis, P.ndim)
     divisor = _log_base(base)
     n_threads = _threads.resolve(num_threads)
-    dtype = np.result_type(*[v.native(a.dtype) for a in arrays])
+    dtype = _common_dtype(arrays)
     batch_shape = P.shape[:ax] + P.shape[ax + 1:]
     p_rows = _distribution_rows(P, ax, dtype)
     q_rows = _distribution_rows(Q, ax, dtype) if q is not None else None
@@ -89,14 +107,15 @@ def _distribution_call(mode: int, p: Any, q: Any, base: Any, axis: Any, validate
         return np.empty(n_rows), np.empty(n_rows, dtype=np.uint8)
 
     (p_sum, p_neg), (q_sum, q_neg) = row_checks(p_rows), row_checks(q_rows)
-    _core.dist_run(mode, p_rows, q_rows, out, p_sum, q_sum, p_neg, q_neg, n_threads)
+    _core.dist_run(mode, v.dtype_code(dtype), p_rows, q_rows, row_out=out, p_sum=p_sum,
+                   q_sum=q_sum, p_negative=p_neg, q_negative=q_neg, n_threads=n_threads)
     if validate:
         # each operand is held to the precision it was given in: a float32
         # distribution sums to 1 only within float32's rounding
         _check_distribution("p", p_sum, p_neg, batch_shape, v.native(P.dtype))
         if q_rows is not None:
             _check_distribution("q", q_sum, q_neg, batch_shape, v.native(Q.dtype))
-    result = (out / divisor).astype(dtype).reshape(batch_shape)
+    result = (out / divisor).astype(v.result_dtype(dtype)).reshape(batch_shape)
     return result[()] if result.ndim == 0 else result
 
 
@@ -106,7 +125,7 @@ def entropy(p: Any, *, base: Optional[float] = None, axis: int = -1, validate: b
 
     Parameters
     ----------
-    p : array_like of float32 or float64
+    p : array_like of float32, float64, float16 or bfloat16
         Probabilities along ``axis``.
     base : float, optional
         Logarithm base: ``None`` for nats, ``2`` for bits; any positive number
@@ -122,7 +141,8 @@ def entropy(p: Any, *, base: Optional[float] = None, axis: int = -1, validate: b
     Returns
     -------
     numpy scalar or ndarray
-        In the dtype of ``p``. ``0 * log 0`` counts as 0.
+        In the dtype of ``p`` (float32 for half precision). ``0 * log 0``
+        counts as 0.
 
     Raises
     ------
@@ -201,16 +221,20 @@ def _broadcast_rows(value: Any, name: str, shape: Tuple[int, ...], dtype: np.dty
 
 
 def _bce_inputs(x: Any, target: Any, x_name: str):
-    X = v.as_float_array(x, x_name) if np.ndim(x) > 0 else _as_float_scalar(x, x_name)
+    """(x, target in the compute type, dtype of x): targets are never
+    rounded below float32."""
+    X = v.as_float_array(x, x_name, allow_half=True) if np.ndim(x) > 0 else _as_float_scalar(x, x_name)
     dtype = v.native(X.dtype)
-    T = v.as_array(target, "target", "fiub", "numeric")
+    T = v.as_array(target, "target", "fiubV", "numeric")
     if T.shape != X.shape:
         raise ValueError(f"target has shape {T.shape}, expected the shape of {x_name} {X.shape}")
-    return X, T.astype(dtype, copy=False), dtype
+    return X, T.astype(v.compute_dtype(dtype), copy=False), dtype
 
 
 def _as_float_scalar(x: Any, name: str) -> np.ndarray:
     arr = np.asarray(x)
+    if v.is_half(arr.dtype):
+        return arr
     if arr.dtype.kind != "f" or v.native(arr.dtype) not in v.SUPPORTED_DTYPES:
         return v.as_float_array(np.atleast_1d(arr), name).reshape(())
     return arr
@@ -224,8 +248,9 @@ def _bce_call(mode: int, x: Any, target: Any, weight: Any, pos_weight: Any, redu
     n_threads = _threads.resolve(num_threads)
     shape = X.shape
     x_rows, t_rows = _elementwise_rows(X), _elementwise_rows(T)
-    w_rows = _broadcast_rows(weight, "weight", shape, dtype)
-    pw_rows = _broadcast_rows(pos_weight, "pos_weight", shape, dtype)
+    aux = v.compute_dtype(dtype)   # targets, weights and losses
+    w_rows = _broadcast_rows(weight, "weight", shape, aux)
+    pw_rows = _broadcast_rows(pos_weight, "pos_weight", shape, aux)
     if mode == _core.BCE_PROBS:
         bad = ~((X >= 0) & (X <= 1))
         if bad.any():
@@ -249,10 +274,11 @@ def _bce_call(mode: int, x: Any, target: Any, weight: Any, pos_weight: Any, redu
                                                   "pos_weight": pos_weight,
                                                   "grad_output": grad_output}, in_place="logits")
 
-    elem = np.empty(x_rows.shape, dtype=dtype) if reduction == "none" else None
+    elem = np.empty(x_rows.shape, dtype=aux) if reduction == "none" else None
     row_sums = np.empty(x_rows.shape[0], dtype=np.float64) if reduction != "none" else None
-    _core.bce_run(mode, x_rows, t_rows, w_rows, pw_rows, g_rows, scale, elem, row_sums,
-                  grad.rows if grad else None, n_threads)
+    _core.bce_run(mode, v.dtype_code(dtype), x_rows, t_rows, weight=w_rows, pos_weight=pw_rows,
+                  grad_output=g_rows, grad_scale=scale, elem_out=elem, row_out=row_sums,
+                  grad=grad.rows if grad else None, n_threads=n_threads)
 
     if reduction == "none":
         loss = elem.reshape(shape)
@@ -260,7 +286,7 @@ def _bce_call(mode: int, x: Any, target: Any, weight: Any, pos_weight: Any, redu
         total = float(row_sums.sum())
         if reduction == "mean":
             total = total / X.size if X.size else math.nan
-        loss = dtype.type(total)
+        loss = aux.type(total)
     return (loss, grad.finish()) if want_grad else loss
 
 
@@ -274,9 +300,10 @@ def binary_cross_entropy(logits: Any, target: Any, *, weight: Any = None, pos_we
 
     Parameters
     ----------
-    logits : array_like of float32 or float64, any shape
+    logits : array_like of float32, float64, float16 or bfloat16, any shape
     target : array_like, same shape
-        Targets in [0, 1] (not checked, as PyTorch).
+        Targets in [0, 1] (not checked, as PyTorch); kept in float32 at
+        least.
     weight : array_like, optional
         Broadcast to the shape of ``logits`` (e.g. one weight per sample).
     pos_weight : array_like, optional
@@ -290,7 +317,7 @@ def binary_cross_entropy(logits: Any, target: Any, *, weight: Any = None, pos_we
     Returns
     -------
     numpy scalar or ndarray
-        In the dtype of ``logits``.
+        In the dtype of ``logits`` (float32 for half precision).
     """
     return _bce_call(_core.BCE_LOGITS, logits, target, weight, pos_weight, reduction,
                      num_threads, want_grad=False)
@@ -331,7 +358,7 @@ def binary_cross_entropy_probs(probs: Any, target: Any, *, weight: Any = None,
 # ---- sigmoid ------------------------------------------------------------------
 
 def _elementwise(mode: int, x: Any, out: Any):
-    X = v.as_float_array(x, "x") if np.ndim(x) > 0 else _as_float_scalar(x, "x")
+    X = v.as_float_array(x, "x", allow_half=True) if np.ndim(x) > 0 else _as_float_scalar(x, "x")
     dtype = v.native(X.dtype)
     src = v.kernel_contiguous(X, dtype)
     if out is None:
@@ -341,7 +368,7 @@ def _elementwise(mode: int, x: Any, out: Any):
         v.check_no_overlap(result, {"x": X}, in_place="x")
     writable = result.flags.c_contiguous and result.flags.aligned
     dst = result if writable else np.empty(X.shape, dtype=dtype)
-    _core.sigmoid_run(mode, src, dst, _threads.resolve(None))
+    _core.sigmoid_run(mode, v.dtype_code(dtype), src, dst, n_threads=_threads.resolve(None))
     if dst is not result:
         result[...] = dst
     return result[()] if result.ndim == 0 and out is None else result

@@ -316,14 +316,126 @@ def run(shapes: Sequence[Tuple[int, int]] = DEFAULT_SHAPES, threads: Optional[in
         r = bench_shape(n, v, threads, repeat, with_numpy=with_numpy, with_torch=with_torch)
         r["ratios"] = derived_ratios(r)
         r["paired_ratios"] = derived_ratios(r, _paired_ratio)
+        r["family"] = bench_family(n, v, threads, repeat, with_torch=with_torch)
+        r["family"]["ratios"] = family_ratios(r["family"])
         results.append(r)
         if not as_json:
             print(format_table(r), file=out)
+            print(format_family_table(r["family"]), file=out)
             print(file=out, flush=True)
     if as_json:
         doc = {"machine": machine_line(threads), "build": build_info(), "results": results}
         print(json.dumps(doc, indent=2), file=out)
     return results
+
+
+# ---- the rest of the family -------------------------------------------------------
+
+# (ours, PyTorch's equivalent, floor) for each family row: the figures the
+# family's targets are stated in.
+FAMILY_ROWS: Tuple[Tuple[str, str, str], ...] = (
+    ("entropy", "torch special.entr().sum", "read floor"),
+    ("logsumexp", "torch logsumexp", "read floor"),
+    ("kl_divergence", "torch kl_div", "two-input read floor"),
+    ("cross_entropy_probs", "torch -xlogy().sum", "two-input read floor"),
+    ("binary_cross_entropy", "torch bce_with_logits", "two-input read floor"),
+    ("binary_cross_entropy_with_grad (out=buf)", "torch bce_with_logits fwd+bwd", "copy floor"),
+    ("sigmoid (out=buf)", "torch sigmoid (out=)", "copy floor"),
+    ("log_sigmoid (out=buf)", "torch logsigmoid", "copy floor"),
+)
+
+
+def bench_family(n: int, v: int, threads: int, repeat: int, with_torch: bool = True,
+                 seed: int = 0) -> Dict[str, object]:
+    """Time the distribution and binary cross-entropy functions on one
+    float32 (n, v) problem against PyTorch and the memory floors,
+    interleaved: one read (entropy, logsumexp), two reads (KL,
+    cross-entropy between distributions, BCE) and a copy (elementwise
+    results and gradients into a reused buffer)."""
+    from . import _family
+    from ._api import logsumexp
+
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, v), dtype=np.float32)
+    y = rng.random((n, v), dtype=np.float32)
+    p = rng.random((n, v), dtype=np.float32)
+    p /= p.sum(axis=-1, keepdims=True)
+    q = np.roll(p, 1, axis=-1)
+    buf = np.empty_like(x)
+    kw = {"num_threads": threads}
+    c: Dict[str, Timed] = {
+        "read floor": (lambda: _core.floor_read(x, threads), None),
+        "two-input read floor": (lambda: (_core.floor_read(p, threads), _core.floor_read(q, threads)), None),
+        "copy floor": (lambda: _core.floor_copy(x, buf, threads), None),
+        "entropy": (lambda: _family.entropy(p, **kw), None),
+        "entropy (validate=False)": (lambda: _family.entropy(p, validate=False, **kw), None),
+        "logsumexp": (lambda: logsumexp(x), None),
+        "kl_divergence": (lambda: _family.kl_divergence(p, q, **kw), None),
+        "kl_divergence (validate=False)": (
+            lambda: _family.kl_divergence(p, q, validate=False, **kw), None),
+        "cross_entropy_probs": (lambda: _family.cross_entropy_probs(p, q, **kw), None),
+        "binary_cross_entropy": (lambda: _family.binary_cross_entropy(x, y, **kw), None),
+        "binary_cross_entropy_with_grad (out=buf)": (
+            lambda: _family.binary_cross_entropy_with_grad(x, y, out=buf, **kw), None),
+        "sigmoid (out=buf)": (lambda: _family.sigmoid(x, out=buf), None),
+        "log_sigmoid (out=buf)": (lambda: _family.log_sigmoid(x, out=buf), None),
+    }
+    torch = _torch_or_none() if with_torch else None
+    previous_torch_threads = None
+    if torch is not None:
+        previous_torch_threads = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        F = torch.nn.functional
+        tx, ty, tp, tq = (torch.from_numpy(a) for a in (x, y, p, q))
+        tlogq = tq.log()   # kl_div takes log q: computed once, untimed
+        tbuf = torch.from_numpy(buf)
+        leaf = tx.clone().requires_grad_(True)
+
+        def bce_fwd_bwd():
+            leaf.grad = None
+            F.binary_cross_entropy_with_logits(leaf, ty).backward()
+
+        c.update({
+            "torch special.entr().sum": (lambda: torch.special.entr(tp).sum(-1), None),
+            "torch logsumexp": (lambda: torch.logsumexp(tx, -1), None),
+            "torch kl_div": (lambda: F.kl_div(tlogq, tp, reduction="none").sum(-1), None),
+            "torch -xlogy().sum": (lambda: -torch.special.xlogy(tp, tq).sum(-1), None),
+            "torch bce_with_logits": (lambda: F.binary_cross_entropy_with_logits(tx, ty), None),
+            "torch bce_with_logits fwd+bwd": (bce_fwd_bwd, None),
+            "torch sigmoid (out=)": (lambda: torch.sigmoid(tx, out=tbuf), None),
+            "torch logsigmoid": (lambda: F.logsigmoid(tx), None),
+        })
+    try:
+        results = time_interleaved(c, repeat)
+    finally:
+        if previous_torch_threads is not None:
+            torch.set_num_threads(previous_torch_threads)
+    return {"n": n, "v": v, "threads": threads, "times": results}
+
+
+def family_ratios(family: Dict[str, object]) -> Dict[str, Optional[float]]:
+    """Each family row against its floor and PyTorch (speedup), and what
+    the distribution checks cost (with / without validation)."""
+    t = family["times"]
+    out: Dict[str, Optional[float]] = {}
+    for ours, theirs, floor in FAMILY_ROWS:
+        out[f"{ours} / {floor}"] = _ratio(t.get(ours), t.get(floor))
+        out[f"{ours} speedup vs torch"] = _ratio(t.get(theirs), t.get(ours))
+    for name in ("entropy", "kl_divergence"):
+        out[f"{name} validated / validate=False"] = _ratio(t.get(name), t.get(f"{name} (validate=False)"))
+    return out
+
+
+def format_family_table(family: Dict[str, object]) -> str:
+    lines = [f"The family on (N, V) = ({family['n']}, {family['v']}) float32, "
+             f"{family['threads']} threads",
+             f"  {'':42s} {'min ms':>10s} {'median ms':>10s}"]
+    for name, t in family["times"].items():
+        lines.append(f"  {name:42s} {t['min'] * 1e3:10.3f} {t['median'] * 1e3:10.3f}")
+    for name, value in family_ratios(family).items():
+        if value is not None:
+            lines.append(f"  {name:60s} {value:8.2f}{'x' if 'speedup' in name else ''}")
+    return "\n".join(lines)
 
 
 # ---- sweeps for the picture -------------------------------------------------------

@@ -3,9 +3,9 @@
  * distributions, KL divergence, binary (sigmoid) cross-entropy, sigmoid and
  * log-sigmoid. Plain C, no Python; the caller has validated its arguments.
  *
- * These are elementwise or short per-row reductions of log/exp/log1p and
- * use libm in double precision for every element (accuracy first; the
- * work is spread over OpenMP threads). Per-row sums are taken in a fixed
+ * Every element type of ce_dtype is accepted; arithmetic is in float
+ * (double for float64) with the vectorised exp and log of ce_math.h, sums
+ * in double. Rows are cut into fixed chunks whose sums are merged in chunk
  * order, so results do not depend on the thread count.
  */
 #ifndef CE_FAMILY_H
@@ -60,17 +60,19 @@ typedef struct {
  *   logits: loss = w * [(1 - y) x + (1 + (pw - 1) y) softplus(-x)]
  *           grad = w * [(1 - y) - (1 + (pw - 1) y) sigmoid(-x)] * scale * g
  *   probs:  loss = -w * [y max(log p, -100) + (1 - y) max(log(1 - p), -100)]
- * elem_out (may be NULL) gets each loss in the dtype of x; row_out (may be
- * NULL) each row's sum in double; grad (may be NULL, may equal x) the
- * gradient, scaled by grad_scale and the broadcast grad_output g. */
+ * y, weight, pos_weight and elem_out are of the compute type (float32, or
+ * float64 for float64 x), so they are never rounded below float32.
+ * elem_out (may be NULL) gets each loss; row_out (may be NULL) each row's
+ * sum in double; grad (may be NULL, may equal x; dtype of x) the gradient,
+ * scaled by grad_scale and the broadcast grad_output g. */
 typedef struct {
     ce_dtype dtype;
     ce_bce_mode mode;
     int64_t n_rows, n_cols;
     const void *x; int64_t x_stride;
     const void *y; int64_t y_stride;
-    ce_strided weight;       /* same dtype as x */
-    ce_strided pos_weight;   /* same dtype as x */
+    ce_strided weight;       /* compute type */
+    ce_strided pos_weight;   /* compute type */
     ce_strided grad_output;  /* float64 */
     double grad_scale;
     void *elem_out; int64_t elem_out_stride;
@@ -90,6 +92,17 @@ typedef enum {
  * elements (out may equal x). interrupt may be NULL. */
 int ce_sigmoid_run(ce_dtype dtype, ce_sigmoid_mode mode, const void *x, void *out,
                    int64_t n, int n_threads, const ce_interrupt *interrupt);
+
+/* The vectorised natural logarithm of the active path on an array (y may
+ * equal x), for measuring its error over every float. */
+void ce_log_f32_array(const float *x, float *y, int64_t n);
+void ce_log_f64_array(const double *x, double *y, int64_t n);
+
+/* The largest error, in float ulps, of the active path's float32 log over
+ * the float bit patterns first..last, against its float64 log (exact to
+ * float's precision); inf where a special value (0, inf, NaN, a negative
+ * number) comes out wrong. */
+double ce_log_f32_max_ulp(uint32_t first, uint32_t last);
 
 #ifdef __cplusplus
 }

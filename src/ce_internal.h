@@ -137,14 +137,36 @@ typedef struct {
     void (*exp_array)(const void *x, void *y, int64_t n);
 } ce_leaf;
 
-#define CE_DECLARE_LEAF(name) extern const ce_leaf name;
-#define CE_DECLARE_LEAVES(isa) \
-    CE_DECLARE_LEAF(ce_leaf_f32_##isa) CE_DECLARE_LEAF(ce_leaf_f64_##isa) \
-    CE_DECLARE_LEAF(ce_leaf_f16_##isa) CE_DECLARE_LEAF(ce_leaf_bf16_##isa)
-CE_DECLARE_LEAVES(baseline)
+/* The instruction-set paths compiled in (their definitions:
+ * ce_isa_list.h): X(isa) for each. */
 #if defined(CE_HAVE_X86_DISPATCH)
-CE_DECLARE_LEAVES(avx2)
-CE_DECLARE_LEAVES(avx512)
+#define CE_FOR_EACH_ISA(X) X(baseline) X(avx2) X(avx512)
+#else
+#define CE_FOR_EACH_ISA(X) X(baseline)
 #endif
+
+/* &<kind>_<type>_<isa>: the kernel table of one element type on one path. */
+#define CE_BY_DTYPE(kind, isa, dtype)                                        \
+    ((dtype) == CE_FLOAT32 ? &kind##_f32_##isa :                             \
+     (dtype) == CE_FLOAT64 ? &kind##_f64_##isa :                             \
+     (dtype) == CE_FLOAT16 ? &kind##_f16_##isa : &kind##_bf16_##isa)
+
+/* The kernel table <kind> for instruction set isa (a ce_isa) and dtype. */
+#if defined(CE_HAVE_X86_DISPATCH)
+#define CE_PICK(kind, isa, dtype)                                            \
+    ((isa) == CE_ISA_AVX512 ? CE_BY_DTYPE(kind, avx512, dtype) :             \
+     (isa) == CE_ISA_AVX2 ? CE_BY_DTYPE(kind, avx2, dtype) :                 \
+     CE_BY_DTYPE(kind, baseline, dtype))
+#else
+#define CE_PICK(kind, isa, dtype) ((void)(isa), CE_BY_DTYPE(kind, baseline, dtype))
+#endif
+
+/* extern const <type> <kind>_<dtype>_<isa>; for every dtype. */
+#define CE_DECLARE_KERNELS(type, kind, isa)                                  \
+    extern const type kind##_f32_##isa; extern const type kind##_f64_##isa;  \
+    extern const type kind##_f16_##isa; extern const type kind##_bf16_##isa;
+
+#define CE_DECLARE_LEAVES(isa) CE_DECLARE_KERNELS(ce_leaf, ce_leaf, isa)
+CE_FOR_EACH_ISA(CE_DECLARE_LEAVES)
 
 #endif /* CE_INTERNAL_H */

@@ -25,20 +25,9 @@
 
 /* ---- instruction-set dispatch ----------------------------------------- */
 
-#define CE_LEAF_OF(isa, dtype)                                               \
-    ((dtype) == CE_FLOAT32 ? &ce_leaf_f32_##isa :                            \
-     (dtype) == CE_FLOAT64 ? &ce_leaf_f64_##isa :                            \
-     (dtype) == CE_FLOAT16 ? &ce_leaf_f16_##isa : &ce_leaf_bf16_##isa)
-
 static const ce_leaf *leaf_for(ce_isa isa, ce_dtype dtype)
 {
-#if defined(CE_HAVE_X86_DISPATCH)
-    if (isa == CE_ISA_AVX512) return CE_LEAF_OF(avx512, dtype);
-    if (isa == CE_ISA_AVX2) return CE_LEAF_OF(avx2, dtype);
-#else
-    (void)isa;
-#endif
-    return CE_LEAF_OF(baseline, dtype);
+    return CE_PICK(ce_leaf, isa, dtype);
 }
 
 ce_isa ce_best_isa(void)

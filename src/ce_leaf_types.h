@@ -1,13 +1,16 @@
 /*
- * Expands the chunk kernels (ce_leaf_template.h) for every element type on
+ * Expands the chunk kernels of CE_TYPE_BODY (ce_leaf_template.h,
+ * ce_family_template.h) for every element type on
  * the instruction set named by CE_ISA, with CE_TARGET as the function
  * attribute that selects it, CE_VW (_w4, _w8, _w16) naming the vector width
  * of its registers (ce_vec.h) and CE_LANES its float lanes, CE_F16_LOAD /
  * CE_F16_STORE / CE_BF16_LOAD as the half-precision conversions, CE_EXP_F32
- * as the float exponential, CE_MAX_F32 / CE_MAX_F64 as the lane maxima,
+ * as the float exponential (with CE_VEXP, CE_VLOG, CE_VLOG1P the compute
+ * type's exponential and logarithms, CE_BCE_DX binary cross-entropy's
+ * gradient), CE_MAX_F32 / CE_MAX_F64 as the lane maxima,
  * CE_ANY_ABOVE_F32 / CE_ANY_ABOVE_F64 as the lane tests and
  * CE_FMS_F32 / CE_FMS_F64 as the fused multiply-subtracts to use there.
- * Included once per instruction set.
+ * Included once per instruction set, whose macros it undefines at the end.
  */
 #define CE_CAT4_(a, b, c, d) a##b##c##d
 #define CE_CAT4(a, b, c, d) CE_CAT4_(a, b, c, d)
@@ -23,6 +26,10 @@
 #define CE_W CE_LANES
 #define CE_IOTA CE_WIDE(iota_i32)()
 #define CE_VEXP CE_EXP_F32
+#define CE_VLOG CE_WIDE(log_f)
+#define CE_VLOG1P CE_WIDE(log1p_f)
+#define CE_BCE_DX CE_WIDE(bce_dx_f)
+#define CE_VSTORE_CT CE_WIDE(store_f32)
 #define CE_SOFTCAP CE_WIDE(softcap_f)
 #define CE_SELECT CE_WIDE(select_f)
 #define CE_VMAX CE_MAX_F32
@@ -38,7 +45,7 @@
 #define CE_VLOAD CE_WIDE(load_f32)
 #define CE_VSTORE CE_WIDE(store_f32)
 #define CE_NAME(x) CE_CAT4(ce_, x, _f32_, CE_ISA)
-#include "ce_leaf_template.h"
+#include CE_TYPE_BODY
 #undef CE_T
 #undef CE_VLOAD
 #undef CE_VSTORE
@@ -48,7 +55,7 @@
 #define CE_VLOAD CE_F16_LOAD
 #define CE_VSTORE CE_F16_STORE
 #define CE_NAME(x) CE_CAT4(ce_, x, _f16_, CE_ISA)
-#include "ce_leaf_template.h"
+#include CE_TYPE_BODY
 #undef CE_VLOAD
 #undef CE_VSTORE
 #undef CE_NAME
@@ -56,7 +63,7 @@
 #define CE_VLOAD CE_BF16_LOAD
 #define CE_VSTORE CE_WIDE(store_bf16)
 #define CE_NAME(x) CE_CAT4(ce_, x, _bf16_, CE_ISA)
-#include "ce_leaf_template.h"
+#include CE_TYPE_BODY
 #undef CE_T
 #undef CE_VLOAD
 #undef CE_VSTORE
@@ -68,6 +75,10 @@
 #undef CE_W
 #undef CE_IOTA
 #undef CE_VEXP
+#undef CE_VLOG
+#undef CE_VLOG1P
+#undef CE_BCE_DX
+#undef CE_VSTORE_CT
 #undef CE_SOFTCAP
 #undef CE_SELECT
 #undef CE_VMAX
@@ -89,6 +100,10 @@
 #define CE_VSTORE CE_WIDE(store_f64)
 #define CE_VLOAD_CT CE_WIDE(load_f64)
 #define CE_VEXP CE_WIDE(exp_d)
+#define CE_VLOG CE_WIDE(log_d)
+#define CE_VLOG1P CE_WIDE(log1p_d)
+#define CE_BCE_DX CE_WIDE(bce_dx_d)
+#define CE_VSTORE_CT CE_WIDE(store_f64)
 #define CE_SOFTCAP CE_WIDE(softcap_d)
 #define CE_SELECT CE_WIDE(select_d)
 #define CE_VMAX CE_MAX_F64
@@ -98,7 +113,7 @@
 #define CE_ACC_ADD CE_WIDE(acc_add_d)
 #define CE_ACC_SUM CE_WIDE(acc_sum_d)
 #define CE_NAME(x) CE_CAT4(ce_, x, _f64_, CE_ISA)
-#include "ce_leaf_template.h"
+#include CE_TYPE_BODY
 #undef CE_T
 #undef CE_CT
 #undef CE_VT
@@ -109,6 +124,10 @@
 #undef CE_VSTORE
 #undef CE_VLOAD_CT
 #undef CE_VEXP
+#undef CE_VLOG
+#undef CE_VLOG1P
+#undef CE_BCE_DX
+#undef CE_VSTORE_CT
 #undef CE_SOFTCAP
 #undef CE_SELECT
 #undef CE_VMAX
@@ -121,3 +140,19 @@
 #undef CE_CAT3_
 #undef CE_CAT3
 #undef CE_WIDE
+
+/* the instruction set's own macros (ce_isa_list.h) */
+#undef CE_BF16_LOAD
+#undef CE_EXP_F32
+#undef CE_MAX_F32
+#undef CE_MAX_F64
+#undef CE_ANY_ABOVE_F32
+#undef CE_ANY_ABOVE_F64
+#undef CE_FMS_F32
+#undef CE_FMS_F64
+#undef CE_ISA
+#undef CE_TARGET
+#undef CE_F16_LOAD
+#undef CE_F16_STORE
+#undef CE_VW
+#undef CE_LANES

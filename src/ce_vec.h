@@ -23,6 +23,7 @@ typedef int32_t CE_V(vi32) __attribute__((vector_size(CE_VB)));
 typedef uint32_t CE_V(vu32) __attribute__((vector_size(CE_VB)));
 typedef double CE_V(vd) __attribute__((vector_size(CE_VB)));
 typedef int64_t CE_V(vi64) __attribute__((vector_size(CE_VB)));
+typedef uint64_t CE_V(vu64) __attribute__((vector_size(CE_VB)));
 typedef float CE_V(vf_half) __attribute__((vector_size(CE_VB / 2)));
 typedef double CE_V(vd_wide) __attribute__((vector_size(CE_VB * 2)));  /* a vf widened */
 typedef uint16_t CE_V(vu16) __attribute__((vector_size(CE_VB / 2)));  /* a vf's halves */
@@ -150,6 +151,130 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_d)(CE_V(vd) x)
     const CE_V(vi64) scale = ((CE_V(vi64))t << 52) + ((int64_t)1023 << 52);
     const CE_V(vd) y = p * (CE_V(vd))scale;
     return (CE_V(vd))((CE_V(vi64))y & ~under);
+}
+
+/* ---- logarithms (method and accuracy: ce_math.h) ----------------------- */
+
+/* log(1 + f) for f in [sqrt(1/2) - 1, sqrt(2) - 1]: with s = f / (2 + f)
+ * and z = s^2, log(1 + f) = 2 atanh(s) = 2s + s z P(z), P the atanh series
+ * 2/3 + 2z/5 + ... (z <= 0.0295), and 2s = f - s f, so
+ * log(1 + f) = f - s (f - z P(z)): f is exact and the correction, at most
+ * a quarter of the result, carries the roundings. */
+CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_reduced_f)(CE_V(vf) f)
+{
+    const CE_V(vf) s = f / (f + 2.0f);
+    const CE_V(vf) z = s * s;
+    /* Taylor terms to z^4: truncation below 2e-9 of the result */
+    CE_V(vf) p = z * (2.0f / 11.0f) + 2.0f / 9.0f;
+    p = p * z + 2.0f / 7.0f;
+    p = p * z + 2.0f / 5.0f;
+    p = p * z + 2.0f / 3.0f;
+    return f - s * (f - z * p);
+}
+
+CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_reduced_d)(CE_V(vd) f)
+{
+    const CE_V(vd) s = f / (f + 2.0);
+    const CE_V(vd) z = s * s;
+    /* Taylor terms to z^10: truncation below 1e-18 of the result */
+    CE_V(vd) p = z * (2.0 / 23.0) + 2.0 / 21.0;
+    p = p * z + 2.0 / 19.0;
+    p = p * z + 2.0 / 17.0;
+    p = p * z + 2.0 / 15.0;
+    p = p * z + 2.0 / 13.0;
+    p = p * z + 2.0 / 11.0;
+    p = p * z + 2.0 / 9.0;
+    p = p * z + 2.0 / 7.0;
+    p = p * z + 2.0 / 5.0;
+    p = p * z + 2.0 / 3.0;
+    return f - s * (f - z * p);
+}
+
+/* IEEE special cases of log: 0 -> -inf, +inf -> +inf, negative or NaN ->
+ * NaN; r elsewhere. */
+CE_ALWAYS_INLINE CE_V(vf) CE_V(log_special_f)(CE_V(vf) x, CE_V(vf) r)
+{
+    const float inf = __builtin_inff();
+    r = CE_V(select_f)(x == 0.0f, (CE_V(vf)){0} - inf, r);
+    r = CE_V(select_f)(x == inf, (CE_V(vf)){0} + inf, r);
+    return CE_V(select_f)(~(x >= 0.0f), (CE_V(vf)){0} + __builtin_nanf(""), r);
+}
+
+CE_ALWAYS_INLINE CE_V(vd) CE_V(log_special_d)(CE_V(vd) x, CE_V(vd) r)
+{
+    const double inf = __builtin_inf();
+    r = CE_V(select_d)(x == 0.0, (CE_V(vd)){0} - inf, r);
+    r = CE_V(select_d)(x == inf, (CE_V(vd)){0} + inf, r);
+    return CE_V(select_d)(~(x >= 0.0), (CE_V(vd)){0} + __builtin_nan(""), r);
+}
+
+/* Natural logarithm of floats: x = 2^k m with m in [sqrt(1/2), sqrt(2))
+ * (subnormals scaled by 2^23 first), log x = k ln2 + log(1 + (m - 1)),
+ * ln2 split so that k times its high part is exact. */
+CE_ALWAYS_INLINE CE_V(vf) CE_V(log_f)(CE_V(vf) x)
+{
+    const CE_V(vi32) tiny = x < 0x1p-126f;
+    const CE_V(vi32) bits = (CE_V(vi32))CE_V(select_f)(tiny, x * 0x1p23f, x);
+    /* exponent relative to sqrt(1/2) (pattern 0x3F3504F3), rounded down */
+    const CE_V(vi32) k = (bits - 0x3F3504F3) >> 23;
+    const CE_V(vf) f = (CE_V(vf))(bits - (CE_V(vi32))((CE_V(vu32))k << 23)) - 1.0f;
+    const CE_V(vf) kf = __builtin_convertvector(k - (tiny & 23), CE_V(vf));
+    const CE_V(vf) r = (kf * 1.42860676533018708e-06f + CE_V(log1p_reduced_f)(f)) +
+                       kf * 0.693145751953125f;
+    return CE_V(log_special_f)(x, r);
+}
+
+/* Natural logarithm of doubles, as log_f (subnormals scaled by 2^52). k
+ * becomes a double through the bits of 1.5 * 2^52 + k (no 64-bit integer
+ * conversion is needed). */
+CE_ALWAYS_INLINE CE_V(vd) CE_V(log_d)(CE_V(vd) x)
+{
+    const CE_V(vi64) tiny = x < 0x1p-1022;
+    const CE_V(vi64) bits = (CE_V(vi64))CE_V(select_d)(tiny, x * 0x1p52, x);
+    const CE_V(vi64) k = (bits - INT64_C(0x3FE6A09E667F3BCD)) >> 52;
+    const CE_V(vd) f = (CE_V(vd))(bits - (CE_V(vi64))((CE_V(vu64))k << 52)) - 1.0;
+    const double round_magic = 6755399441055744.0;  /* 1.5 * 2^52 */
+    const CE_V(vi64) magic_bits = (CE_V(vi64))((CE_V(vd)){0} + round_magic);
+    const CE_V(vd) kf = (CE_V(vd))(k - (tiny & 52) + magic_bits) - round_magic;
+    const CE_V(vd) r = (kf * 1.90821492927058770002e-10 + CE_V(log1p_reduced_d)(f)) +
+                       kf * 6.93147180369123816490e-01;
+    return CE_V(log_special_d)(x, r);
+}
+
+/* log(1 + e) for e in [-1, 1], accurate for small e, without a division:
+ * u = 1 + e rounded and c = e - (u - 1) its rounding error (exact, as
+ * |e| <= 1), so 1 + e = u + c = 2^k (m + c 2^-k) and
+ * log(1 + e) = k ln2 + log(1 + (m - 1 + c 2^-k)). u = 0 (e = -1) gives
+ * -inf; NaN stays NaN. */
+CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_f)(CE_V(vf) e)
+{
+    const CE_V(vf) u = e + 1.0f;
+    const CE_V(vf) c = e - (u - 1.0f);
+    const CE_V(vi32) bits = (CE_V(vi32))u;
+    const CE_V(vi32) k = (bits - 0x3F3504F3) >> 23;
+    const CE_V(vf) m = (CE_V(vf))(bits - (CE_V(vi32))((CE_V(vu32))k << 23));
+    /* 2^-k, for the k of u in [2^-25, 2] */
+    const CE_V(vf) down = (CE_V(vf))((CE_V(vi32))((CE_V(vu32))(127 - k) << 23));
+    const CE_V(vf) kf = __builtin_convertvector(k, CE_V(vf));
+    const CE_V(vf) r = (kf * 1.42860676533018708e-06f + CE_V(log1p_reduced_f)((m - 1.0f) + c * down)) +
+                       kf * 0.693145751953125f;
+    return CE_V(log_special_f)(u, r);
+}
+
+CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_d)(CE_V(vd) e)
+{
+    const CE_V(vd) u = e + 1.0;
+    const CE_V(vd) c = e - (u - 1.0);
+    const CE_V(vi64) bits = (CE_V(vi64))u;
+    const CE_V(vi64) k = (bits - INT64_C(0x3FE6A09E667F3BCD)) >> 52;
+    const CE_V(vd) m = (CE_V(vd))(bits - (CE_V(vi64))((CE_V(vu64))k << 52));
+    const CE_V(vd) down = (CE_V(vd))((CE_V(vi64))((CE_V(vu64))(1023 - k) << 52));
+    const double round_magic = 6755399441055744.0;  /* 1.5 * 2^52: k as a double (log_d) */
+    const CE_V(vi64) magic_bits = (CE_V(vi64))((CE_V(vd)){0} + round_magic);
+    const CE_V(vd) kf = (CE_V(vd))(k + magic_bits) - round_magic;
+    const CE_V(vd) r = (kf * 1.90821492927058770002e-10 + CE_V(log1p_reduced_d)((m - 1.0) + c * down)) +
+                       kf * 6.93147180369123816490e-01;
+    return CE_V(log_special_d)(u, r);
 }
 
 /* ---- float <-> double ----------------------------------------------------- */
@@ -322,6 +447,61 @@ CE_ALWAYS_INLINE void CE_V(store_f16)(uint16_t *p, CE_V(vf) v)
 {
     CE_V(vu16) h = CE_V(f32_to_f16)(v);
     memcpy(p, &h, sizeof h);
+}
+
+/* ---- binary cross-entropy's gradient ------------------------------------ */
+
+/* exp(-a) for a >= 0 (or NaN), results below the smallest normal double
+ * included (gradual underflow): there the argument is raised by 40, which
+ * is exact in that range, and the result scaled back by exp(-40). */
+CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_neg_d)(CE_V(vd) a)
+{
+    const CE_V(vd) t = -a, lo = (CE_V(vd)){0} - 708.0;
+    const CE_V(vd) e = CE_V(exp_d)(t);
+    if (!CE_V(any_above_d)(lo, t)) return e;
+    return CE_V(select_d)(t < lo, CE_V(exp_d)(t + 40.0) * 4.24835425529158900e-18, e);
+}
+
+/* (1 - y) sigmoid(x) - pw y sigmoid(-x), each term skipped where its
+ * factor is 0, in double, given e = exp(-|x|) and r = 1 / (1 + e): the
+ * two terms cancel where sigmoid(x) is near y, and double keeps the
+ * difference exact to float's precision. */
+CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_of)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw, CE_V(vd) e,
+                                          CE_V(vd) r)
+{
+    const CE_V(vd) zero = (CE_V(vd)){0};
+    const CE_V(vi64) negative = x < 0.0;
+    const CE_V(vd) er = e * r;                       /* sigmoid(-|x|); r = sigmoid(|x|) */
+    const CE_V(vd) pos = pw * y, neg = 1.0 - y;
+    const CE_V(vd) s_plus = CE_V(select_d)(negative, er, r);
+    const CE_V(vd) s_minus = CE_V(select_d)(negative, r, er);
+    return CE_V(select_d)(neg != 0.0, neg * s_plus, zero) -
+           CE_V(select_d)(pos != 0.0, pos * s_minus, zero);
+}
+
+CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
+{
+    const CE_V(vd) e = CE_V(exp_neg_d)(CE_V(select_d)(x < 0.0, -x, x));
+    return CE_V(bce_dx_of)(x, y, pw, e, 1.0 / (1.0 + e));
+}
+
+/* The same for float lanes, computed in double; 1 / (1 + e) as a float
+ * quotient (one division for all lanes) refined by a Newton step in
+ * double, which leaves a relative error of about 2^-46. */
+CE_ALWAYS_INLINE CE_V(vf) CE_V(bce_dx_f)(CE_V(vf) x, CE_V(vf) y, CE_V(vf) pw)
+{
+    CE_V(vd) x_lo, x_hi, y_lo, y_hi, pw_lo, pw_hi, r_lo, r_hi;
+    CE_V(widen_f)(x, &x_lo, &x_hi);
+    CE_V(widen_f)(y, &y_lo, &y_hi);
+    CE_V(widen_f)(pw, &pw_lo, &pw_hi);
+    const CE_V(vd) e_lo = CE_V(exp_neg_d)(CE_V(select_d)(x_lo < 0.0, -x_lo, x_lo));
+    const CE_V(vd) e_hi = CE_V(exp_neg_d)(CE_V(select_d)(x_hi < 0.0, -x_hi, x_hi));
+    const CE_V(vd) d_lo = 1.0 + e_lo, d_hi = 1.0 + e_hi;
+    CE_V(widen_f)(1.0f / CE_V(narrow_d)(d_lo, d_hi), &r_lo, &r_hi);
+    r_lo = r_lo * (2.0 - d_lo * r_lo);
+    r_hi = r_hi * (2.0 - d_hi * r_hi);
+    return CE_V(narrow_d)(CE_V(bce_dx_of)(x_lo, y_lo, pw_lo, e_lo, r_lo),
+                          CE_V(bce_dx_of)(x_hi, y_hi, pw_hi, e_hi, r_hi));
 }
 
 /* ---- soft-capping ------------------------------------------------------- */

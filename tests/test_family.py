@@ -255,3 +255,91 @@ def test_family_layouts(rng):
         for a, b in zip(got, expected):
             np.testing.assert_allclose(a, b, rtol=1e-13, err_msg=name)
         np.testing.assert_array_equal(xl, before, err_msg=f"{name}: input modified")
+
+
+# ---- half precision and exactness of the vectorised kernels ------------------------
+
+def half_dtype(name):
+    if name == "bfloat16":
+        return pytest.importorskip("ml_dtypes").bfloat16
+    return np.float16
+
+
+@pytest.mark.parametrize("name", ["float16", "bfloat16"])
+def test_every_family_function_takes_half_precision(isa, rng, name):
+    """Half-precision inputs are computed in float32 (sums in float64):
+    every function matches the float64 reference on the same (rounded)
+    values; losses and statistics come back in float32, elementwise
+    results and gradients in the input's dtype."""
+    half = half_dtype(name)
+    p = random_distributions(rng, (5, 3000)).astype(half)
+    q = random_distributions(rng, (5, 3000)).astype(half)
+    p64, q64 = p.astype(np.float64), q.astype(np.float64)
+    # a half-precision distribution sums to 1 only within its own rounding
+    for got, expected in [(ck.entropy(p), ref.entropy(p64)),
+                          (ck.cross_entropy_probs(p, q), ref.cross_entropy_probs(p64, q64)),
+                          (ck.kl_divergence(p, q), ref.kl_divergence(p64, q64))]:
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, expected, rtol=2e-6)
+    x = (rng.standard_normal((4, 2500)) * 6).astype(half)
+    y = rng.random((4, 2500)).astype(np.float32)
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    loss, grad = ck.binary_cross_entropy_with_grad(x, y, reduction="sum")
+    assert loss.dtype == np.float32 and grad.dtype == x.dtype
+    np.testing.assert_allclose(loss, ref.binary_cross_entropy(x64, y64, reduction="sum"), rtol=1e-6)
+    expected_grad = ref.binary_cross_entropy_grad(x64, y64, reduction="sum").astype(half)
+    np.testing.assert_array_equal(grad, expected_grad)
+    none = ck.binary_cross_entropy(x, y, reduction="none")
+    assert none.dtype == np.float32
+    np.testing.assert_allclose(none, ref.binary_cross_entropy(x64, y64, reduction="none"),
+                               rtol=2e-6, atol=1e-30)
+    s, ls = ck.sigmoid(x), ck.log_sigmoid(x)
+    assert s.dtype == x.dtype and ls.dtype == x.dtype
+    np.testing.assert_array_equal(s, ref.sigmoid(x64).astype(half))
+    np.testing.assert_array_equal(ls, ref.log_sigmoid(x64).astype(half))
+    probs = ref.sigmoid(x64).astype(half)
+    np.testing.assert_allclose(
+        ck.binary_cross_entropy_probs(probs, y, reduction="sum"),
+        ref.binary_cross_entropy_probs(probs.astype(np.float64), y64, reduction="sum"), rtol=1e-6)
+
+
+def test_half_distribution_validated_at_its_precision():
+    p = np.array([[0.5, 0.25, 0.25], [0.5, 0.5, 0.25]], dtype=np.float16)
+    with pytest.raises(ValueError, match=r"row \[1\] sums to 1.25"):
+        ck.entropy(p)
+    with pytest.raises(ValueError, match=r"row \[0\] has a negative entry"):
+        ck.kl_divergence(np.array([[1.5, -0.5]], dtype=np.float16), np.array([[0.5, 0.5]], dtype=np.float16))
+
+
+def test_bce_targets_and_weights_kept_in_float32_for_bfloat16_logits(rng):
+    """Targets, weights and pos_weight are not rounded to bfloat16 (0.3
+    is not a bfloat16 value): the loss is that of the float32 values."""
+    half = half_dtype("bfloat16")
+    x = (rng.standard_normal((3, 700)) * 3).astype(half)
+    y = np.full((3, 700), 0.3, dtype=np.float32)
+    w = np.float32(1.0) + rng.random((3, 1)).astype(np.float32) / 3
+    pw = rng.random(700).astype(np.float32) + np.float32(0.1)
+    got = ck.binary_cross_entropy(x, y, weight=w, pos_weight=pw, reduction="sum")
+    expected = ref.binary_cross_entropy(x.astype(np.float64), y.astype(np.float64), weight=w.astype(np.float64),
+                                        pos_weight=pw.astype(np.float64), reduction="sum")
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype,rtol", [(np.float32, 1e-6), (np.float64, 1e-12)])
+def test_bce_relative_error_over_the_logit_range(isa, dtype, rtol):
+    """Every logit on a grid of +-1e4 (fine near 0), targets 0, 1 and in
+    between: each loss and each gradient within rtol of the exact value
+    (float64 reference on the same inputs; float32 results below the
+    smallest normal float are held to its subnormal spacing)."""
+    grid = np.concatenate([-np.geomspace(1e-6, 1e4, 4001), [0.0], np.geomspace(1e-6, 1e4, 4001)])
+    x = np.repeat(grid, 4).astype(dtype)
+    y = np.tile([0.0, 1.0, 0.3, 0.75], grid.size).astype(dtype)
+    loss, grad = ck.binary_cross_entropy_with_grad(x, y, reduction="none")
+    x64, y64 = x.astype(np.float64), y.astype(np.float64)
+    exact = ref.binary_cross_entropy(x64, y64, reduction="none")
+    exact_grad = ref.binary_cross_entropy_grad(x64, y64, reduction="none")
+    tiny = np.finfo(dtype).smallest_subnormal
+    np.testing.assert_allclose(loss, exact, rtol=rtol, atol=tiny)
+    np.testing.assert_allclose(grad, exact_grad, rtol=rtol, atol=tiny)
+    assert ck.binary_cross_entropy(np.array([-40.0], dtype), np.zeros(1, dtype), reduction="none")[0] == \
+        pytest.approx(4.248354255291589e-18, rel=rtol)
