@@ -705,25 +705,28 @@ class CrossEntropyLoss(torch.nn.CrossEntropyLoss):
 @torch.library.custom_op("ce_kernels::binary_cross_entropy_with_logits", mutates_args=())
 def _bce_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], pos_weight: Optional[Tensor],
             reduction: str, want_grad: bool) -> Tuple[Tensor, Tensor]:
-    """(loss, d sum(loss) / d logits) for float32/float64 tensors; the
-    gradient is empty when ``want_grad`` is False."""
+    """(loss, d sum(loss) / d logits); the gradient is empty when
+    ``want_grad`` is False. Half-precision logits are computed in float32
+    (target and weights given in float32), the loss returned in float32 and
+    the gradient in their dtype."""
     options = dict(weight=None if weight is None else weight.numpy(),
                    pos_weight=None if pos_weight is None else pos_weight.numpy(),
                    reduction=reduction)
     with _torch_errors():
         if want_grad:
             grad = _grad_buffer(logits.shape, logits.dtype)
-            loss, _ = _family.binary_cross_entropy_with_grad(logits.numpy(), target.numpy(),
-                                                             out=grad.numpy(), **options)
+            loss, _ = _family.binary_cross_entropy_with_grad(_as_numpy(logits), target.numpy(),
+                                                             out=_as_numpy(grad), **options)
         else:
             grad = logits.new_empty((0,))
-            loss = _family.binary_cross_entropy(logits.numpy(), target.numpy(), **options)
+            loss = _family.binary_cross_entropy(_as_numpy(logits), target.numpy(), **options)
     return torch.from_numpy(np.array(loss, copy=True)), grad
 
 
 @_bce_op.register_fake
 def _bce_fake(logits, target, weight, pos_weight, reduction, want_grad):
-    loss = logits.new_empty(logits.shape if reduction == "none" else ())
+    loss = logits.new_empty(logits.shape if reduction == "none" else (),
+                            dtype=_loss_dtype(logits.dtype))
     return loss, logits.new_empty(logits.shape if want_grad else (0,))
 
 
@@ -758,16 +761,16 @@ def _bce_hvp(logits, target, weight, pos_weight, reduction, vec):
     """The (diagonal) Hessian of binary cross-entropy applied to ``vec``:
     d2/dx2 of w [(1 - y) x + (1 + (pw - 1) y) softplus(-x)]
     = w (1 + (pw - 1) y) sigmoid(x) sigmoid(-x)."""
-    s = torch.sigmoid(logits)
+    s = torch.sigmoid(logits.to(_loss_dtype(logits.dtype)))
     curvature = s * (1 - s)
     if pos_weight is not None:
         curvature = curvature * (1 + (pos_weight - 1) * target)
     if weight is not None:
         curvature = curvature * weight
-    h = curvature * vec
+    h = curvature * vec.to(curvature.dtype)
     if reduction == "mean":
         h = h / logits.numel()
-    return h
+    return h.to(logits.dtype)
 
 
 def _bce_jvp(ctx, logits_t, *_):
@@ -778,7 +781,8 @@ def _bce_jvp(ctx, logits_t, *_):
     with_grad = grad.numel() == logits.numel() or logits.numel() == 0
     if not with_grad:
         grad = _bce_op(logits, target, weight, pos_weight, ctx.reduction, True)[1]
-    product = grad * logits_t
+    compute = _loss_dtype(grad.dtype)
+    product = grad.to(compute) * logits_t.to(compute)
     loss_t = product if ctx.reduction == "none" else product.sum()
     if not with_grad:
         return loss_t, logits_t.new_zeros((0,))
@@ -829,9 +833,9 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
     """``torch.nn.functional.binary_cross_entropy_with_logits`` computed by
     ce_kernels: same signature and semantics, loss and gradient in one pass,
     exact second derivatives. ``weight`` and ``pos_weight`` broadcast to the
-    input as in PyTorch. Half-precision inputs are computed in float32 (the
-    kernels' binary cross-entropy reads float32 and float64) and the loss
-    and gradient returned in the input's dtype. Gradients with respect to
+    input as in PyTorch. Half-precision inputs are read as they are and
+    computed in float32 (target and weights in float32), the loss and
+    gradient returned in the input's dtype. Gradients with respect to
     ``target``, ``weight`` and ``pos_weight`` are not supported."""
     _check_tensor("input", input)
     _check_tensor("target", target)
@@ -855,7 +859,7 @@ def binary_cross_entropy_with_logits(input: Tensor, target: Tensor,
                 raise InputError(f"{name} of shape {tuple(t.shape)} does not broadcast to the "
                                  f"input shape {tuple(input.shape)}") from None
     compute = _loss_dtype(input.dtype)
-    x = input.to(compute)
+    x = input
     t = target.to(compute)
     w = None if weight is None else weight.to(compute)
     pw = None if pos_weight is None else pos_weight.to(compute)
