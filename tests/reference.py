@@ -363,3 +363,29 @@ def binary_cross_entropy_pytorch_formula(x, y, weight=None, pos_weight=None, red
     with np.errstate(invalid="ignore"):
         loss = w * ((1 - y) * x + (1 + (pw - 1) * y) * softplus(-x))
     return _reduce(np.broadcast_to(loss, x.shape), reduction)
+
+
+def linear_logits(hidden, head, bias=None):
+    """The logits of a linear output layer in float64: hidden @ head.T + bias
+    (``head`` is the layer's weight; ``weight`` stays the class weights)."""
+    x = np.asarray(hidden, dtype=np.float64) @ np.asarray(head, dtype=np.float64).T
+    return x if bias is None else x + np.asarray(bias, dtype=np.float64)
+
+
+def linear_cross_entropy(hidden, head, target, bias=None, **options):
+    """:func:`cross_entropy_full` of :func:`linear_logits`."""
+    return cross_entropy_full(linear_logits(hidden, head, bias), target, **options)
+
+
+def linear_cross_entropy_grads(hidden, head, target, bias=None, grad_output=None, **options):
+    """(d_hidden, d_head, d_bias) of :func:`linear_cross_entropy` by the
+    chain rule through the logits: with G = d loss / d logits,
+    d_hidden = G @ head, d_head = G.T @ hidden, d_bias = sum of G's rows."""
+    h = np.asarray(hidden, dtype=np.float64)
+    w = np.asarray(head, dtype=np.float64)
+    g = cross_entropy_grad_full(linear_logits(h, w, bias), target, grad_output=grad_output,
+                                **options)
+    rows = g.reshape(-1, w.shape[0])
+    d_hidden = (rows @ w).reshape(h.shape)
+    d_weight = rows.T @ h.reshape(-1, w.shape[1])
+    return d_hidden, d_weight, (None if bias is None else rows.sum(axis=0))
