@@ -30,15 +30,15 @@ DEFAULT_CHUNK_BYTES = 64 * 2**20
 
 # ---- validation --------------------------------------------------------------------
 
-class _Layer:
+class Layer:
     """The inputs of a linear layer, checked and in the form the products
     take: ``hidden`` as 2-D rows, ``weight`` (V, D) and ``bias`` (V,) or
     None, all of one dtype (float32 or float64)."""
 
-    def __init__(self, hidden: Any, weight: Any, bias: Any):
-        h = _float_input(hidden, "hidden")
+    def __init__(self, hidden: Any, weight: Any, bias: Any, allow_half: bool = False):
+        h = _float_input(hidden, "hidden", allow_half)
         self.dtype = v.native(h.dtype)
-        w = _float_input(weight, "weight")
+        w = _float_input(weight, "weight", allow_half)
         if w.ndim != 2:
             raise ValueError(f"weight must have shape (V, D) (one row per class), got {w.shape}")
         if w.shape[1] != h.shape[-1]:
@@ -63,9 +63,9 @@ class _Layer:
         return self.weight.shape[0]
 
 
-def _float_input(value: Any, name: str) -> np.ndarray:
+def _float_input(value: Any, name: str, allow_half: bool) -> np.ndarray:
     arr = v.as_float_array(value, name, allow_half=True)
-    if v.is_half(arr.dtype):
+    if v.is_half(arr.dtype) and not allow_half:
         raise TypeError(f"{name} has dtype {arr.dtype}; the NumPy functions take float32 or "
                         f"float64 (half precision goes through ce_kernels.torch."
                         f"linear_cross_entropy, whose products use PyTorch's)")
@@ -73,14 +73,15 @@ def _float_input(value: Any, name: str) -> np.ndarray:
 
 
 def _bias(bias: Any, n_classes: int, dtype: np.dtype) -> np.ndarray:
-    b = v.as_array(bias, "bias", "fiu", "a real numeric array")
+    b = bias if isinstance(bias, np.ndarray) and v.is_half(bias.dtype) else \
+        v.as_array(bias, "bias", "fiu", "a real numeric array")
     if b.shape != (n_classes,):
         raise ValueError(f"bias must have shape ({n_classes},) (one per row of weight), "
                          f"got {b.shape}")
     return v.kernel_contiguous(b, dtype)
 
 
-def _targets(problem: Problem, target: Any, layer: _Layer) -> Targets:
+def layer_targets(problem: Problem, target: Any, layer: Layer) -> Targets:
     shape = np.shape(target)
     if shape not in (layer.batch_shape, layer.batch_shape + (layer.n_classes,)):
         raise ValueError(f"target has shape {shape}, expected {layer.batch_shape} "
@@ -101,7 +102,7 @@ def chunk_rows_for(chunk_rows: Any, n_classes: int, itemsize: int) -> int:
     return int(chunk_rows)
 
 
-def _problem(layer: _Layer, class_weight: Any, ignore_index: Any, reduction: Any,
+def layer_problem(layer: Layer, class_weight: Any, ignore_index: Any, reduction: Any,
              label_smoothing: Any, z_loss: Any, softcap: Any, num_threads: Any) -> Problem:
     return Problem(layer.dtype, layer.n_classes, weight=class_weight, ignore_index=ignore_index,
                    reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
@@ -125,7 +126,7 @@ class NumpyProducts:
     hidden rows and their gradient of a compacted chunk, and a slab of the
     weight gradient (at most the default budget)."""
 
-    def __init__(self, layer: _Layer, rows: int):
+    def __init__(self, layer: Layer, rows: int):
         self.layer = layer
         n_classes, width = layer.weight.shape
         self.logits_buffer = np.empty((rows, n_classes), dtype=layer.dtype)
@@ -275,10 +276,10 @@ def _chunk(products: Any, problem: Problem, rows: Any, gathered: Any, hidden: An
 def _loss_call(hidden, weight, target, bias, class_weight, ignore_index, reduction,
                label_smoothing, z_loss, softcap, chunk_rows, num_threads, want_grad,
                grad_output=None, out_hidden=None, out_weight=None):
-    layer = _Layer(hidden, weight, bias)
-    problem = _problem(layer, class_weight, ignore_index, reduction, label_smoothing, z_loss,
+    layer = Layer(hidden, weight, bias)
+    problem = layer_problem(layer, class_weight, ignore_index, reduction, label_smoothing, z_loss,
                        softcap, num_threads)
-    targets = _targets(problem, target, layer)
+    targets = layer_targets(problem, target, layer)
     rows = chunk_rows_for(chunk_rows, layer.n_classes, layer.dtype.itemsize)
     n_rows = layer.hidden.shape[0]
     row_loss = np.empty(n_rows)
@@ -454,12 +455,12 @@ def linear_token_stats(hidden: Any, weight: Any, target: Any, *, bias: Any = Non
     >>> stats.predicted, stats.correct
     (array([0, 1]), array([ True, False]))
     """
-    layer = _Layer(hidden, weight, bias)
+    layer = Layer(hidden, weight, bias)
     problem = Problem(layer.dtype, layer.n_classes, ignore_index=ignore_index,
                       num_threads=num_threads)
     cap = v.check_softcap(softcap, layer.dtype)
     t = v.as_array(target, "target", "iu", "integer class indices")
-    targets = _targets(problem, t, layer)
+    targets = layer_targets(problem, t, layer)
     rows = chunk_rows_for(chunk_rows, layer.n_classes, layer.dtype.itemsize)
     n = layer.hidden.shape[0]
     products = NumpyProducts(layer, min(rows, max(n, 1)))
