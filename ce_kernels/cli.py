@@ -98,7 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "reported on one line with exit status 2; no input is ever modified, and "
                     "--per-token is replaced atomically, only when the run succeeds.")
     ev.add_argument("logits", metavar="LOGITS", help=".npy file of logits, shape (..., V)")
-    ev.add_argument("targets", metavar="TARGETS", help=".npy file of token ids, shape (...)")
+    ev.add_argument("targets", metavar="TARGETS", nargs="?",
+                    help=".npy file of token ids, shape (...) (with --hidden, the only file "
+                         "given)")
+    _add_hidden_arguments(ev)
     ev.add_argument("--shift", action="store_true",
                     help="next-token scoring: position t is scored against token t+1 along the "
                          "sequence axis (the second-to-last axis of LOGITS)")
@@ -114,16 +117,44 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_hidden_arguments(ev: argparse.ArgumentParser) -> None:
+    group = ev.add_argument_group(
+        "scoring hidden states",
+        "ce-kernels eval --hidden HIDDEN.npy --head WEIGHT.npy [--bias BIAS.npy] TARGETS.npy "
+        "scores saved last hidden states (float32 or float64, shape (..., D)) through an "
+        "output layer, streaming them in chunks of rows; no logits are ever stored.")
+    group.add_argument("--hidden", metavar="HIDDEN.npy", default=None,
+                       help="hidden states, shape (..., D), instead of LOGITS")
+    group.add_argument("--head", metavar="WEIGHT.npy", default=None,
+                       help="the output layer's weight, shape (V, D) (with --hidden)")
+    group.add_argument("--bias", metavar="BIAS.npy", default=None,
+                       help="the output layer's bias, shape (V,) (with --hidden)")
+
+
+def _evaluate(args):
+    """The scoring the arguments ask for: logits, or hidden states through a head."""
+    from .evaluate import EvalError, evaluate, evaluate_hidden
+
+    common = dict(shift=args.shift, ignore_index=args.ignore_index, chunk_rows=args.chunk_rows,
+                  threads=args.threads, per_token=args.per_token)
+    if args.hidden is None:
+        if args.targets is None or args.head is not None or args.bias is not None:
+            raise EvalError("give LOGITS and TARGETS, or --hidden HIDDEN.npy --head WEIGHT.npy "
+                            "[--bias BIAS.npy] and TARGETS")
+        return evaluate(args.logits, args.targets, **common)
+    if args.head is None or args.targets is not None:
+        raise EvalError("with --hidden, give --head WEIGHT.npy and TARGETS only (no LOGITS)")
+    return evaluate_hidden(args.hidden, args.head, args.logits, bias_path=args.bias, **common)
+
+
 def run_eval(args) -> int:
     import json
     import math
 
-    from .evaluate import EvalError, evaluate
+    from .evaluate import EvalError
 
     try:
-        result = evaluate(args.logits, args.targets, shift=args.shift,
-                          ignore_index=args.ignore_index, chunk_rows=args.chunk_rows,
-                          threads=args.threads, per_token=args.per_token)
+        result = _evaluate(args)
     except EvalError as exc:
         print(f"ce-kernels eval: error: {_escape_line_breaks(exc)}", file=sys.stderr)
         return 2
