@@ -36,7 +36,7 @@ class TorchProducts:
         self.logits_buffer = weight.new_empty((rows, n_classes))
         self._hidden_buffer = weight.new_empty((rows, width))
         self._grad_buffer = weight.new_empty((rows, width))
-        slab_rows = max(1, _linear.DEFAULT_CHUNK_BYTES // (width * weight.element_size()))
+        slab_rows = max(1, _linear.SLAB_BYTES // (width * weight.element_size()))
         self._slab = weight.new_empty((min(slab_rows, n_classes), width)) \
             if weight.dtype in _HALF else None
 
@@ -218,7 +218,7 @@ def linear_cross_entropy(input: Tensor, weight: Tensor, target: Tensor,
 
     Notes
     -----
-    Only one chunk of logits (64 MB by default) exists at a time. The
+    Only one chunk of logits (256 MB by default) exists at a time. The
     gradients are computed during the forward pass and held until the
     backward pass (except for ``reduction="none"``, which runs the chunks
     again in the backward pass).

@@ -87,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--plot", metavar="FILE.png", default=None,
                        help="also draw throughput vs vocabulary size and vs thread count "
                             "(needs matplotlib)")
+    _add_linear_bench_arguments(bench)
 
     ev = sub.add_parser(
         "eval", one_line_errors=True, help="score a saved logits file against token ids",
@@ -117,18 +118,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_group(parser: argparse.ArgumentParser, title: str, description: str,
+               arguments: List[Tuple[str, dict]]) -> None:
+    group = parser.add_argument_group(title, description)
+    for flag, options in arguments:
+        group.add_argument(flag, **options)
+
+
+def _add_linear_bench_arguments(bench: argparse.ArgumentParser) -> None:
+    from ._bench_linear import parse_shape3
+
+    _add_group(bench, "linear layer + cross-entropy",
+               "--linear times the fused linear layer + cross-entropy against the bare matrix "
+               "products, the unfused path and PyTorch eager, and measures the peak memory of "
+               "each in a fresh process.", [
+                   ("--linear", dict(action="store_true", help="run the linear layer + "
+                                     "cross-entropy benchmark instead")),
+                   ("--linear-shape", dict(type=parse_shape3, default=None, metavar="NxDxV",
+                                           help="shape timed (default 2048x1024x32000)")),
+                   ("--memory-shape", dict(type=parse_shape3, default=None, metavar="NxDxV",
+                                           help="shape of the peak-memory runs (default "
+                                                "16384x2048x128256: the unfused paths need "
+                                                "about 20 GB)")),
+                   ("--no-memory", dict(action="store_true",
+                                        help="skip the peak-memory runs"))])
+
+
 def _add_hidden_arguments(ev: argparse.ArgumentParser) -> None:
-    group = ev.add_argument_group(
-        "scoring hidden states",
-        "ce-kernels eval --hidden HIDDEN.npy --head WEIGHT.npy [--bias BIAS.npy] TARGETS.npy "
-        "scores saved last hidden states (float32 or float64, shape (..., D)) through an "
-        "output layer, streaming them in chunks of rows; no logits are ever stored.")
-    group.add_argument("--hidden", metavar="HIDDEN.npy", default=None,
-                       help="hidden states, shape (..., D), instead of LOGITS")
-    group.add_argument("--head", metavar="WEIGHT.npy", default=None,
-                       help="the output layer's weight, shape (V, D) (with --hidden)")
-    group.add_argument("--bias", metavar="BIAS.npy", default=None,
-                       help="the output layer's bias, shape (V,) (with --hidden)")
+    _add_group(ev, "scoring hidden states",
+               "ce-kernels eval --hidden HIDDEN.npy --head WEIGHT.npy [--bias BIAS.npy] "
+               "TARGETS.npy scores saved last hidden states (float32 or float64, shape "
+               "(..., D)) through an output layer, streaming them in chunks of rows; no logits "
+               "are ever stored.", [
+                   ("--hidden", dict(metavar="HIDDEN.npy", default=None,
+                                     help="hidden states, shape (..., D), instead of LOGITS")),
+                   ("--head", dict(metavar="WEIGHT.npy", default=None,
+                                   help="the output layer's weight, shape (V, D) (with "
+                                        "--hidden)")),
+                   ("--bias", dict(metavar="BIAS.npy", default=None,
+                                   help="the output layer's bias, shape (V,) (with "
+                                        "--hidden)"))])
 
 
 def _evaluate(args):
@@ -188,6 +217,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "eval":
         return run_eval(args)
+    if args.command == "bench" and args.linear:
+        from . import _bench_linear
+        _bench_linear.main_args(args)
+        return 0
     if args.command == "bench":
         from . import bench
 

@@ -216,7 +216,7 @@ def test_layouts(rng):
 
 def test_default_chunk_rows_is_a_memory_budget():
     from ce_kernels import linear
-    assert linear.chunk_rows_for(None, 128256, 4) == 64 * 2**20 // (128256 * 4)
+    assert linear.chunk_rows_for(None, 128256, 4) == 256 * 2**20 // (128256 * 4)
     assert linear.chunk_rows_for(None, 10**9, 8) == 1
     assert linear.chunk_rows_for(7, 10, 4) == 7
 
@@ -316,3 +316,16 @@ def test_errors(rng):
         call(hidden, weight, target, out_weight=np.empty((V, D)))
     with pytest.raises(TypeError, match="target"):
         ck.linear_token_stats(hidden, weight, target.astype(np.float32))
+
+
+def test_bench_linear_runs(capsys):
+    """``ce-kernels bench --linear`` end to end on a tiny shape (what it
+    prints, not how fast)."""
+    from ce_kernels import cli
+    assert cli.main(["bench", "--linear", "--linear-shape", "16x8x50", "--memory-shape",
+                     "16x8x50", "--repeat", "1"]) == 0
+    text = capsys.readouterr().out
+    for row in ("bare product h @ W.T", "ours fused fwd+bwd", "fused forward / bare product",
+                "peak memory", "ours fused", "numpy unfused"):
+        assert row in text
+    assert "failed" not in text
