@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 
 from . import linear as _linear
-from ._rows import Problem, Targets
+from ._rows import Targets
 
 __all__ = ["linear_cross_entropy"]
 
