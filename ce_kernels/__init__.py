@@ -29,6 +29,11 @@ from ._family import (
     log_sigmoid,
     sigmoid,
 )
+from .linear import (
+    linear_cross_entropy,
+    linear_cross_entropy_with_grad,
+    linear_token_stats,
+)
 from ._threads import (
     build_info,
     get_num_threads,
@@ -81,6 +86,9 @@ __all__ = [
     "eval_merge",
     "eval_partial",
     "kl_divergence",
+    "linear_cross_entropy",
+    "linear_cross_entropy_with_grad",
+    "linear_token_stats",
     "log_sigmoid",
     "sigmoid",
     "cross_entropy",

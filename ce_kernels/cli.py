@@ -98,6 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--vocab-parallel", type=positive_int, default=None, metavar="K",
                        help="also time vocab_parallel_cross_entropy on K local processes "
                             "(torch.distributed, gloo) against one process (needs PyTorch)")
+    _add_linear_bench_arguments(bench)
     bench.add_argument("--plot", metavar="FILE.png", default=None,
                        help="also draw throughput vs vocabulary size and vs thread count "
                             "(needs matplotlib)")
@@ -112,7 +113,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "reported on one line with exit status 2; no input is ever modified, and "
                     "--per-token is replaced atomically, only when the run succeeds.")
     ev.add_argument("logits", metavar="LOGITS", help=".npy file of logits, shape (..., V)")
-    ev.add_argument("targets", metavar="TARGETS", help=".npy file of token ids, shape (...)")
+    ev.add_argument("targets", metavar="TARGETS", nargs="?",
+                    help=".npy file of token ids, shape (...) (with --hidden, the only file "
+                         "given)")
+    _add_hidden_arguments(ev)
     ev.add_argument("--shift", action="store_true",
                     help="next-token scoring: position t is scored against token t+1 along the "
                          "sequence axis (the second-to-last axis of LOGITS)")
@@ -161,12 +165,71 @@ def _add_merge_parser(sub) -> None:
     merge.add_argument("--json", action="store_true", help="print the results as one JSON object")
 
 
+def _add_group(parser: argparse.ArgumentParser, title: str, description: str,
+               arguments: List[Tuple[str, dict]]) -> None:
+    group = parser.add_argument_group(title, description)
+    for flag, options in arguments:
+        group.add_argument(flag, **options)
+
+
+def _add_linear_bench_arguments(bench: argparse.ArgumentParser) -> None:
+    from ._bench_linear import parse_shape3
+
+    _add_group(bench, "linear layer + cross-entropy",
+               "--linear times the fused linear layer + cross-entropy against the bare matrix "
+               "products, the unfused path and PyTorch eager, and measures the peak memory of "
+               "each in a fresh process.", [
+                   ("--linear", dict(action="store_true", help="run the linear layer + "
+                                     "cross-entropy benchmark instead")),
+                   ("--linear-shape", dict(type=parse_shape3, default=None, metavar="NxDxV",
+                                           help="shape timed (default 2048x1024x32000)")),
+                   ("--memory-shape", dict(type=parse_shape3, default=None, metavar="NxDxV",
+                                           help="shape of the peak-memory runs (default "
+                                                "16384x2048x128256: the unfused paths need "
+                                                "about 20 GB)")),
+                   ("--no-memory", dict(action="store_true",
+                                        help="skip the peak-memory runs"))])
+
+
+def _add_hidden_arguments(ev: argparse.ArgumentParser) -> None:
+    _add_group(ev, "scoring hidden states",
+               "ce-kernels eval --hidden HIDDEN.npy --head WEIGHT.npy [--bias BIAS.npy] "
+               "TARGETS.npy scores saved last hidden states (float32 or float64, shape "
+               "(..., D)) through an output layer, streaming them in chunks of rows; no logits "
+               "are ever stored.", [
+                   ("--hidden", dict(metavar="HIDDEN.npy", default=None,
+                                     help="hidden states, shape (..., D), instead of LOGITS")),
+                   ("--head", dict(metavar="WEIGHT.npy", default=None,
+                                   help="the output layer's weight, shape (V, D) (with "
+                                        "--hidden)")),
+                   ("--bias", dict(metavar="BIAS.npy", default=None,
+                                   help="the output layer's bias, shape (V,) (with "
+                                        "--hidden)"))])
+
+
+def _evaluate(args):
+    """The scoring the arguments ask for: logits, or hidden states through a head."""
+    from .evaluate import EvalError, evaluate, evaluate_hidden
+
+    common = dict(shift=args.shift, ignore_index=args.ignore_index, chunk_rows=args.chunk_rows,
+                  threads=args.threads, per_token=args.per_token, rows=args.rows,
+                  as_partial=args.partial is not None)
+    if args.hidden is None:
+        if args.targets is None or args.head is not None or args.bias is not None:
+            raise EvalError("give LOGITS and TARGETS, or --hidden HIDDEN.npy --head WEIGHT.npy "
+                            "[--bias BIAS.npy] and TARGETS")
+        return evaluate(args.logits, args.targets, **common)
+    if args.head is None or args.targets is not None:
+        raise EvalError("with --hidden, give --head WEIGHT.npy and TARGETS only (no LOGITS)")
+    return evaluate_hidden(args.hidden, args.head, args.logits, bias_path=args.bias, **common)
+
+
 def _evaluate_with_dask(args) -> dict:
     from ._dask_eval import evaluate_dask
     from .evaluate import EvalError
 
     for flag, value in (("--per-token", args.per_token), ("--rows", args.rows),
-                        ("--partial", args.partial)):
+                        ("--partial", args.partial), ("--hidden", args.hidden)):
         if value is not None:
             raise EvalError(f"{flag} cannot be combined with --dask or --workers")
     return evaluate_dask(args.logits, args.targets, scheduler=args.dask, workers=args.workers,
@@ -176,16 +239,13 @@ def _evaluate_with_dask(args) -> dict:
 
 
 def run_eval(args) -> int:
-    from .evaluate import EvalError, evaluate
+    from .evaluate import EvalError
 
     try:
         if args.dask is not None or args.workers is not None:
             result = _evaluate_with_dask(args)
         else:
-            result = evaluate(args.logits, args.targets, shift=args.shift,
-                              ignore_index=args.ignore_index, chunk_rows=args.chunk_rows,
-                              threads=args.threads, per_token=args.per_token, rows=args.rows,
-                              as_partial=args.partial is not None)
+            result = _evaluate(args)
         if args.partial is not None:
             return _write_partial(args.partial, result)
     except EvalError as exc:
@@ -282,6 +342,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return run_eval(args)
     if args.command == "merge":
         return run_merge(args)
+    if args.command == "bench" and args.linear:
+        from . import _bench_linear
+        _bench_linear.main_args(args)
+        return 0
     if args.command == "bench":
         from . import bench
 

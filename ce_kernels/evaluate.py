@@ -28,6 +28,7 @@ from . import _core
 from . import _partial
 from . import _validation as v
 from ._rows import Problem, Targets
+from .linear import Layer, NumpyProducts
 
 #: Default rows per chunk: about 256 MB of float32 logits at V = 32000.
 DEFAULT_CHUNK_BYTES = 256 * 2**20
@@ -132,7 +133,7 @@ def _open_npy(path: str, what: str, expected: os.stat_result) -> Tuple[np.ndarra
                 fortran_order)
 
 
-def _logits_dtype_code(arr: np.ndarray, path: str) -> int:
+def _logits_dtype_code(arr: np.ndarray, path: str, name: str = "LOGITS") -> int:
     """Kernel dtype code; a 2-byte void array is bfloat16 as ml_dtypes saves it."""
     dt = arr.dtype
     if dt.kind == "V" and dt.itemsize == 2 and dt.fields is None:
@@ -143,53 +144,56 @@ def _logits_dtype_code(arr: np.ndarray, path: str) -> int:
                      (_core.DTYPE_FLOAT64, np.float64)):
         if dt.kind == "f" and dt.itemsize == np.dtype(ok).itemsize:
             return code
-    raise EvalError(f"LOGITS has unsupported dtype {dt} ({path}); expected float16, bfloat16, "
+    raise EvalError(f"{name} has unsupported dtype {dt} ({path}); expected float16, bfloat16, "
                     f"float32 or float64")
 
 
-def _input_stats(logits_path: str, targets_path: str) -> Dict[str, os.stat_result]:
-    return {"LOGITS": _regular_file(logits_path, "LOGITS"),
+def _input_stats(logits_path: str, targets_path: str,
+                 name: str = "LOGITS") -> Dict[str, os.stat_result]:
+    return {name: _regular_file(logits_path, name),
             "TARGETS": _regular_file(targets_path, "TARGETS")}
 
 
 def load_inputs(logits_path: str, targets_path: str,
-                stats: Optional[Dict[str, os.stat_result]] = None
+                stats: Optional[Dict[str, os.stat_result]] = None, name: str = "LOGITS"
                 ) -> Tuple[np.ndarray, int, np.ndarray]:
-    """(logits memmap, kernel dtype code, targets memmap), checked."""
+    """(logits memmap, kernel dtype code, targets memmap), checked; errors
+    call the first file ``name``."""
     if stats is None:
-        stats = _input_stats(logits_path, targets_path)
+        stats = _input_stats(logits_path, targets_path, name)
     opened = {}
-    for what, path in (("LOGITS", logits_path), ("TARGETS", targets_path)):
+    for what, path in ((name, logits_path), ("TARGETS", targets_path)):
         try:
             opened[what] = _open_npy(path, what, stats[what])
         except (OSError, ValueError) as exc:   # what the checks above did not foresee
             raise EvalError(f"cannot read {what} file {path}: {_oneline(exc)}") from None
-    (logits, logits_fortran), (targets, _) = opened["LOGITS"], opened["TARGETS"]
-    code = _logits_dtype_code(logits, logits_path)
+    (logits, logits_fortran), (targets, _) = opened[name], opened["TARGETS"]
+    code = _logits_dtype_code(logits, logits_path, name)
     if logits_fortran and logits.ndim >= 2:
         # Rows of a column-major file are scattered over all of it: streaming
         # by rows would touch every page for every chunk.
-        raise EvalError(f"LOGITS is stored in Fortran (column-major) order and cannot be streamed "
-                        f"by rows; rewrite it once in C order with np.save(path, "
+        raise EvalError(f"{name} is stored in Fortran (column-major) order and cannot be "
+                        f"streamed by rows; rewrite it once in C order with np.save(path, "
                         f"np.ascontiguousarray(a)): {logits_path}")
     if logits.shape[-1] == 0:
-        raise EvalError(f"LOGITS must have shape (..., V) with V >= 1, got {logits.shape}")
+        raise EvalError(f"{name} must have shape (..., V) with V >= 1, got {logits.shape}")
     if targets.dtype.kind not in "iu":
         raise EvalError(f"TARGETS must hold integer token ids, got dtype {targets.dtype}")
     if targets.shape != logits.shape[:-1]:
         raise EvalError(f"TARGETS has shape {targets.shape}, expected {logits.shape[:-1]} "
-                        f"(the shape of LOGITS without its last axis)")
+                        f"(the shape of {name} without its last axis)")
     if logits.size == 0:
-        raise EvalError(f"LOGITS holds no positions (shape {logits.shape})")
+        raise EvalError(f"{name} holds no positions (shape {logits.shape})")
     return logits, code, targets
 
 
 # ---- the output file ------------------------------------------------------------------
 
 def _output_destination(per_token: str,
-                        inputs: Dict[str, os.stat_result]) -> Tuple[str, Optional[int]]:
+                        inputs: Dict[str, os.stat_result]) -> Tuple[str, Optional[int], str]:
     """(path the output is renamed to, permission bits of the file it
-    replaces or None). Writing through a symbolic link writes its target."""
+    replaces or None, the name as given). Writing through a symbolic link
+    writes its target."""
     dest = os.path.realpath(per_token)
     try:
         st = os.stat(dest)
@@ -215,7 +219,7 @@ def _output_destination(per_token: str,
     if not os.path.isdir(parent):
         raise EvalError(f"cannot write --per-token file {per_token}: directory {parent} "
                         f"does not exist")
-    return dest, (stat.S_IMODE(st.st_mode) if st is not None else None)
+    return dest, (stat.S_IMODE(st.st_mode) if st is not None else None), per_token
 
 
 class _AtomicOutput:
@@ -438,27 +442,48 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     ``per_token`` is written atomically: into a temporary file in the same
     directory, renamed over the destination only when the whole run succeeds.
     """
-    if not -(2**63) <= ignore_index < 2**63:
-        raise EvalError(f"--ignore-index {ignore_index} is outside the int64 range")
+    _check_ignore_index(ignore_index)
     inputs = _input_stats(logits_path, targets_path)
-    if per_token is not None:
-        dest, dest_mode = _output_destination(per_token, inputs)
+    output = _output_destination(per_token, inputs) if per_token is not None else None
     logits, _, targets = load_inputs(logits_path, targets_path, inputs)
     problem = Problem(logits.dtype, logits.shape[-1], ignore_index=ignore_index,
                       num_threads=threads)
-    v_size = logits.shape[-1]
+
+    def stats_of(chunk: np.ndarray, t: np.ndarray):
+        return problem.token_stats_rows(_kernel_rows(chunk), Targets(t, None, math.nan))
+
+    return _score(logits, targets, logits.shape[-1], stats_of, shift=shift,
+                  ignore_index=ignore_index, chunk_rows=chunk_rows, output=output,
+                  progress=progress, rows=_row_range(rows, math.prod(logits.shape[:-1]),
+                                                     per_token), as_partial=as_partial)
+
+
+def _check_ignore_index(ignore_index: int) -> None:
+    if not -(2**63) <= ignore_index < 2**63:
+        raise EvalError(f"--ignore-index {ignore_index} is outside the int64 range")
+
+
+def _score(positions: np.ndarray, targets: np.ndarray, v_size: int, stats_of, *, shift: bool,
+           ignore_index: int, chunk_rows: Optional[int],
+           output: Optional[Tuple[str, Optional[int], str]], progress: bool,
+           rows: Optional[Tuple[int, int]] = None, as_partial: bool = False) -> Dict[str, Any]:
+    """Stream ``positions`` (logits, or whatever ``stats_of(chunk, ids)``
+    turns into token statistics of ``v_size`` classes) in chunks of rows
+    against ``targets``; ``output`` is the per-token destination (path,
+    mode, name as given) or None; ``rows`` the checked range [A, B) of
+    positions to score (None: all); ``as_partial`` returns the partial sums."""
     if chunk_rows is None:
-        chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (v_size * logits.dtype.itemsize))
-    out_shape = logits.shape[:-1]
+        chunk_rows = max(1, DEFAULT_CHUNK_BYTES // (v_size * positions.dtype.itemsize))
+    out_shape = positions.shape[:-1]
     if shift:
         out_shape = out_shape[:-1] + (out_shape[-1] - 1,) if len(out_shape) >= 1 else out_shape
-    segments = _segments(logits, shift)
+    segments = _segments(positions, shift)
     flat_targets = _flat_targets(targets)
-    first, last = _row_range(rows, int(np.prod(logits.shape[:-1])), per_token)
 
     partial = _partial.empty_partial(v_size)
     total_positions = int(np.prod(out_shape)) if len(out_shape) else 1
-    out = _AtomicOutput(dest, out_shape, dest_mode, per_token) if per_token is not None else None
+    first, last = (0, math.prod(positions.shape[:-1])) if rows is None else rows
+    out = _AtomicOutput(output[0], out_shape, output[1], output[2]) if output else None
     bar = None
     try:
         bar = _progress(total_positions if rows is None else last - first, progress)
@@ -475,7 +500,7 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
                     raise EvalError(f"token id {int(raw[bad])} at TARGETS{[int(i) for i in where]} "
                                     f"is out of range [0, {v_size}) and is not --ignore-index "
                                     f"({ignore_index})")
-                stats = problem.token_stats_rows(_kernel_rows(chunk), Targets(t, None, math.nan))
+                stats = stats_of(chunk, t)
                 _partial.add_block(partial, t, stats, ignore_index)
                 if out is not None:
                     out.write(out_start + start, stats.nll)
@@ -496,3 +521,62 @@ def evaluate(logits_path: str, targets_path: str, *, shift: bool = False,
     summary = _partial.eval_merge([partial])
     summary.update(positions=total_positions, chunk_rows=chunk_rows)
     return summary
+
+
+# ---- from hidden states ------------------------------------------------------------------
+
+def evaluate_hidden(hidden_path: str, head_path: str, targets_path: str, *,
+                    bias_path: Optional[str] = None, shift: bool = False,
+                    ignore_index: int = -100, chunk_rows: Optional[int] = None,
+                    threads: Optional[int] = None, per_token: Optional[str] = None,
+                    progress: bool = True, rows: Optional[Tuple[int, int]] = None,
+                    as_partial: bool = False) -> Dict[str, Any]:
+    """Score saved last hidden states (..., D) through an output layer (HEAD
+    of shape (V, D), optional BIAS of shape (V,)) against token ids, as
+    :func:`evaluate` scores logits: the hidden states are streamed in chunks
+    of rows, and each chunk's logits exist only in one reused buffer.
+    Returns the same dict; ``rows`` and ``as_partial`` as for :func:`evaluate`."""
+    _check_ignore_index(ignore_index)
+    inputs = _input_stats(hidden_path, targets_path, "HIDDEN")
+    inputs["HEAD"] = _regular_file(head_path, "HEAD")
+    if bias_path is not None:
+        inputs["BIAS"] = _regular_file(bias_path, "BIAS")
+    output = _output_destination(per_token, inputs) if per_token is not None else None
+    hidden, _, targets = load_inputs(hidden_path, targets_path, inputs, "HIDDEN")
+    if hidden.dtype.kind != "f" or hidden.dtype.itemsize < 4:
+        raise EvalError(f"HIDDEN has dtype {hidden.dtype}; scoring through --head takes float32 "
+                        f"or float64 hidden states ({hidden_path})")
+    dtype = v.native(hidden.dtype)
+    head = _load_small(head_path, "HEAD", inputs["HEAD"], dtype)
+    bias = None if bias_path is None else _load_small(bias_path, "BIAS", inputs["BIAS"], dtype)
+    width = hidden.shape[-1]
+    if head.ndim != 2 or head.shape[1] != width or head.shape[0] == 0:
+        raise EvalError(f"HEAD has shape {head.shape}, expected (V, {width}) with V >= 1 (one "
+                        f"row per token, the width of HIDDEN)")
+    if bias is not None and bias.shape != (head.shape[0],):
+        raise EvalError(f"BIAS has shape {bias.shape}, expected ({head.shape[0]},) (one per row "
+                        f"of HEAD)")
+    layer = Layer(np.empty((0, width), dtype=dtype), head, bias)
+    problem = Problem(dtype, layer.n_classes, ignore_index=ignore_index, num_threads=threads)
+    chunk = chunk_rows or max(1, DEFAULT_CHUNK_BYTES // (layer.n_classes * dtype.itemsize))
+    products = NumpyProducts(layer, min(chunk, max(1, math.prod(hidden.shape[:-1]))))
+
+    def stats_of(chunk: np.ndarray, t: np.ndarray):
+        logits = products.logits(_kernel_rows(chunk))
+        return problem.token_stats_rows(logits, Targets(t, None, math.nan))
+
+    return _score(hidden, targets, layer.n_classes, stats_of, shift=shift,
+                  ignore_index=ignore_index, chunk_rows=chunk, output=output, progress=progress,
+                  rows=_row_range(rows, math.prod(hidden.shape[:-1]), per_token),
+                  as_partial=as_partial)
+
+
+def _load_small(path: str, what: str, expected: os.stat_result, dtype: np.dtype) -> np.ndarray:
+    """A float input read whole (the output layer), in ``dtype``."""
+    try:
+        arr, _ = _open_npy(path, what, expected)
+    except (OSError, ValueError) as exc:
+        raise EvalError(f"cannot read {what} file {path}: {_oneline(exc)}") from None
+    if arr.dtype.kind not in "fiu":
+        raise EvalError(f"{what} has unsupported dtype {arr.dtype} ({path}); expected floats")
+    return np.array(arr, dtype=dtype)

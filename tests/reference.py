@@ -395,3 +395,29 @@ def shard_row_stats(logits_shard, target, vocab_start, weight=None, label_smooth
     out[:, 6] = found
     out[:, 7] = vocab_start + np.argmax(raw, axis=-1)
     return out
+
+
+def linear_logits(hidden, head, bias=None):
+    """The logits of a linear output layer in float64: hidden @ head.T + bias
+    (``head`` is the layer's weight; ``weight`` stays the class weights)."""
+    x = np.asarray(hidden, dtype=np.float64) @ np.asarray(head, dtype=np.float64).T
+    return x if bias is None else x + np.asarray(bias, dtype=np.float64)
+
+
+def linear_cross_entropy(hidden, head, target, bias=None, **options):
+    """:func:`cross_entropy_full` of :func:`linear_logits`."""
+    return cross_entropy_full(linear_logits(hidden, head, bias), target, **options)
+
+
+def linear_cross_entropy_grads(hidden, head, target, bias=None, grad_output=None, **options):
+    """(d_hidden, d_head, d_bias) of :func:`linear_cross_entropy` by the
+    chain rule through the logits: with G = d loss / d logits,
+    d_hidden = G @ head, d_head = G.T @ hidden, d_bias = sum of G's rows."""
+    h = np.asarray(hidden, dtype=np.float64)
+    w = np.asarray(head, dtype=np.float64)
+    g = cross_entropy_grad_full(linear_logits(h, w, bias), target, grad_output=grad_output,
+                                **options)
+    rows = g.reshape(-1, w.shape[0])
+    d_hidden = (rows @ w).reshape(h.shape)
+    d_weight = rows.T @ h.reshape(-1, w.shape[1])
+    return d_hidden, d_weight, (None if bias is None else rows.sum(axis=0))

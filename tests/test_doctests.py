@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("isa")
 # as a program (__main__) exits.
 NOT_IMPORTED = {"ce_kernels.__main__"}
 # Modules whose import needs an optional dependency.
-OPTIONAL = {"ce_kernels.torch": "torch"}
+OPTIONAL = {"ce_kernels.torch": "torch", "ce_kernels._torch_linear": "torch"}
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

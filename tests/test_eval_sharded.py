@@ -195,3 +195,31 @@ def test_dask_local_cluster_of_two_processes(files):
                         block_rows=4)
     assert got.pop("blocks") == 8
     assert got == whole
+
+
+def test_hidden_states_in_blocks_merge_to_the_whole_run(rng, tmp_path):
+    """eval --hidden --head --rows A:B --partial: blocks of hidden states
+    scored through the head merge to the unblocked run, bit for bit, and
+    agree with the float64 reference of the logits."""
+    from ce_kernels.evaluate import evaluate_hidden
+
+    hidden = rng.standard_normal((3, 40, 16)).astype(np.float32)
+    head = (rng.standard_normal((70, 16)) * 0.5).astype(np.float32)
+    targets = rng.integers(0, 70, (3, 40))
+    targets[:, ::6] = -100
+    for name, a in (("h", hidden), ("w", head), ("t", targets)):
+        np.save(tmp_path / f"{name}.npy", a)
+    paths = [str(tmp_path / f"{n}.npy") for n in ("h", "w", "t")]
+    whole = evaluate_hidden(*paths, chunk_rows=11, progress=False)
+    partials = [evaluate_hidden(*paths, rows=(a, b), as_partial=True, chunk_rows=11,
+                                progress=False) for a, b in blocks(120, [17, 64, 65])]
+    merged = ck.eval_merge(partials[::-1])
+    for key in ("tokens", "ignored", "nll", "accuracy", "entropy"):
+        assert merged[key] == whole[key], key
+    logits = hidden.reshape(-1, 16).astype(np.float64) @ head.T.astype(np.float64)
+    nll, _, _, _ = ref.token_stats(logits, targets.reshape(-1))
+    assert whole["nll"] == pytest.approx(np.nanmean(nll), rel=1e-5)
+    assert main(["eval", "--hidden", paths[0], "--head", paths[1], paths[2], "--rows", "0:30",
+                 "--partial", str(tmp_path / "p.json")]) == 0
+    with open(tmp_path / "p.json") as f:
+        assert json.load(f)["rows"] == [0, 30]
