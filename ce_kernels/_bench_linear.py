@@ -67,21 +67,28 @@ def _torch_paths(hidden, weight, target):
 
 def time_linear(n: int, d: int, v: int, repeat: int, with_torch: bool = True
                 ) -> Dict[str, object]:
-    """Times, side by side: the bare products, ours fused, ours unfused,
-    PyTorch eager."""
+    """Times, side by side: the bare products (as expressions, which
+    allocate their results, and into buffers allocated once), ours fused,
+    ours unfused, PyTorch eager."""
     hidden, weight, target = _inputs(n, d, v)
     logits = np.empty((n, v), dtype=np.float32)
     d_hidden, d_weight = np.empty_like(hidden), np.empty_like(weight)
 
     def three_products():
+        logits = hidden @ weight.T
+        return logits @ weight, logits.T @ hidden
+
+    def three_products_into_buffers():
         np.matmul(hidden, weight.T, out=logits)
         np.matmul(logits, weight, out=d_hidden)
         np.matmul(logits.T, hidden, out=d_weight)
 
     contenders = {
-        "bare product h @ W.T": lambda: np.matmul(hidden, weight.T, out=logits),
+        "bare product h @ W.T": lambda: hidden @ weight.T,
+        "bare product, out=buffer": lambda: np.matmul(hidden, weight.T, out=logits),
         "ours fused forward": lambda: linear_cross_entropy(hidden, weight, target),
         "bare three products": three_products,
+        "bare three, out=buffers": three_products_into_buffers,
         "ours fused fwd+bwd": lambda: linear_cross_entropy_with_grad(
             hidden, weight, target, out_hidden=d_hidden, out_weight=d_weight),
         "ours unfused fwd+bwd": lambda: unfused_ours(hidden, weight, target),
@@ -97,8 +104,12 @@ def linear_ratios(result: Dict[str, object], ratio=_ratio) -> Dict[str, Optional
     return {
         "fused forward / bare product": ratio(get("ours fused forward"),
                                               get("bare product h @ W.T")),
+        "fused forward / product out=buffer": ratio(get("ours fused forward"),
+                                                    get("bare product, out=buffer")),
         "fused fwd+bwd / bare three products": ratio(get("ours fused fwd+bwd"),
                                                      get("bare three products")),
+        "fused fwd+bwd / three out=buffers": ratio(get("ours fused fwd+bwd"),
+                                                   get("bare three, out=buffers")),
         "fused fwd+bwd / unfused fwd+bwd": ratio(get("ours fused fwd+bwd"),
                                                  get("ours unfused fwd+bwd")),
         "fused fwd+bwd / torch eager fwd+bwd": ratio(get("ours fused fwd+bwd"),
