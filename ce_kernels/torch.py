@@ -7,8 +7,10 @@ the tensors. They are registered as PyTorch custom operators
 (``torch.ops.ce_kernels.*``) with fake implementations, an autograd formula
 that is itself differentiable (exact second derivatives) and a vmap rule, so
 they work under ``torch.compile(fullgraph=True)``, ``torch.func.grad`` and
-``torch.func.vmap``. PyTorch is optional for ce_kernels: this module is the
-only one that imports it.
+``torch.func.vmap``. ``linear_cross_entropy`` is the fused linear layer +
+cross-entropy (``ce_kernels._torch_linear``). PyTorch is optional for
+ce_kernels: only this module and those it names (``ce_kernels.distributed``
+for vocabulary-parallel training) import it.
 
 >>> import torch, ce_kernels.torch as ckt                     # doctest: +SKIP
 >>> loss = ckt.cross_entropy(logits, target)                  # doctest: +SKIP
@@ -36,6 +38,7 @@ from . import _api
 from . import _family
 from . import _validation as v
 from ._rows import RowExtras
+from ._torch_linear import linear_cross_entropy
 
 __all__ = [
     "cross_entropy",
@@ -49,6 +52,7 @@ __all__ = [
     "InputTypeError",
     "patch_transformers",
     "unpatch_transformers",
+    "linear_cross_entropy",
 ]
 
 _SUPPORTED = (torch.float32, torch.float64, torch.float16, torch.bfloat16)

@@ -17,25 +17,7 @@
 
 /* ---- loads and stores of count <= CE_W elements ------------------------ */
 
-CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(fsplat)(CE_CT s)
-{
-    return (CE_VT){0} + s;
-}
-
-CE_TARGET CE_ALWAYS_INLINE CE_VIT CE_NAME(flive)(int64_t count)
-{
-    return CE_IOTA < (CE_VIT){0} + (__typeof__(CE_IOTA[0]))count;
-}
-
-/* count elements of the element type at p; lanes past count hold fill. */
-CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(fload)(const CE_T *p, int64_t count, CE_CT fill)
-{
-    if (count == CE_W) return CE_VLOAD(p);
-    CE_T buf[CE_W];
-    memset(buf, 0, sizeof buf);
-    memcpy(buf, p, (size_t)count * sizeof(CE_T));
-    return CE_SELECT(CE_NAME(flive)(count), CE_VLOAD(buf), CE_NAME(fsplat)(fill));
-}
+#include "ce_lanes_template.h"
 
 /* count values of the compute type at p, step elements apart (0:
  * broadcast), or double values when p_double is given instead; fill past
@@ -43,26 +25,15 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(fload)(const CE_T *p, int64_t count, CE
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(fload_aux)(const CE_CT *p, const double *p_double,
                                                     int64_t step, int64_t count, CE_CT fill)
 {
-    if (p == NULL && p_double == NULL) return CE_NAME(fsplat)(fill);
+    if (p == NULL && p_double == NULL) return CE_NAME(splat)(fill);
     if (p != NULL && step == 1 && count == CE_W) return CE_VLOAD_CT(p);
-    if (step == 0 && count == CE_W) return CE_NAME(fsplat)(p ? p[0] : (CE_CT)p_double[0]);
+    if (step == 0 && count == CE_W) return CE_NAME(splat)(p ? p[0] : (CE_CT)p_double[0]);
     CE_CT buf[CE_W];
     for (int64_t l = 0; l < CE_W; ++l) {
         if (l >= count) buf[l] = fill;
         else buf[l] = p ? p[l * step] : (CE_CT)p_double[l * step];
     }
     return CE_VLOAD_CT(buf);
-}
-
-CE_TARGET CE_ALWAYS_INLINE void CE_NAME(fstore)(CE_T *p, int64_t count, CE_VT v)
-{
-    if (count == CE_W) {
-        CE_VSTORE(p, v);
-    } else {
-        CE_T buf[CE_W];
-        CE_VSTORE(buf, v);
-        memcpy(p, buf, (size_t)count * sizeof(CE_T));
-    }
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(fstore_ct)(CE_CT *p, int64_t count, CE_VT v)
@@ -75,7 +46,7 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(fstore_ct)(CE_CT *p, int64_t count, CE_V
 /* Whether any lane of the mask is set. */
 CE_TARGET CE_ALWAYS_INLINE int CE_NAME(fany)(CE_VIT mask)
 {
-    return CE_VANY_ABOVE(CE_SELECT(mask, CE_NAME(fsplat)(1), (CE_VT){0}), (CE_VT){0});
+    return CE_VANY_ABOVE(CE_SELECT(mask, CE_NAME(splat)(1), (CE_VT){0}), (CE_VT){0});
 }
 
 /* ---- distributions ------------------------------------------------------ */
@@ -120,12 +91,12 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(dist_body)(const CE_T *p, const CE_T *q,
 {
     CE_NAME(dist_acc) a;
     memset(&a, 0, sizeof a);
-    const CE_VT one = CE_NAME(fsplat)(1);
+    const CE_VT one = CE_NAME(splat)(1);
     for (int64_t i = 0; i < n; i += CE_W) {
         /* padding lanes: p = q = 0 contribute nothing */
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        const CE_VT pv = CE_NAME(fload)(p + i, count, 0);
-        const CE_VT qv = q ? CE_NAME(fload)(q + i, count, 0) : one;
+        const CE_VT pv = CE_NAME(load)(p + i, count, 0);
+        const CE_VT qv = q ? CE_NAME(load)(q + i, count, 0) : one;
         CE_NAME(dist_step)(&a, pv, qv, mode);
     }
     out->total = CE_ACC_SUM(a.total);
@@ -175,7 +146,7 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(bce_logits)(CE_VT x, CE_VT y, CE_VT pw)
     const CE_VT zero = (CE_VT){0};
     const CE_VIT negative = x < (CE_CT)0;
     const CE_VT l = CE_VLOG1P(CE_NAME(exp_neg)(CE_SELECT(negative, -x, x)));
-    const CE_VT pos = pw * y, neg = CE_NAME(fsplat)(1) - y;
+    const CE_VT pos = pw * y, neg = CE_NAME(splat)(1) - y;
     const CE_VT sp_plus = CE_SELECT(x > (CE_CT)0, x, zero) + l;    /* softplus(x)  */
     const CE_VT sp_minus = CE_SELECT(negative, -x, zero) + l;      /* softplus(-x) */
     return CE_SELECT(pos != (CE_CT)0, pos * sp_minus, zero) +
@@ -185,10 +156,10 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(bce_logits)(CE_VT x, CE_VT y, CE_VT pw)
 /* -[y log p + (1 - y) log(1 - p)], each log clamped at -100 (as PyTorch). */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(bce_probs)(CE_VT p, CE_VT y)
 {
-    const CE_VT floor = CE_NAME(fsplat)(-100);
+    const CE_VT floor = CE_NAME(splat)(-100);
     const CE_VT lp = CE_VLOG(p), l1p = CE_VLOG1P(-p);
     const CE_VT a = CE_SELECT(lp > floor, lp, floor), b = CE_SELECT(l1p > floor, l1p, floor);
-    return -(y * a + (CE_NAME(fsplat)(1) - y) * b);
+    return -(y * a + (CE_NAME(splat)(1) - y) * b);
 }
 
 CE_TARGET CE_ALWAYS_INLINE double CE_NAME(bce_body)(const ce_bce_chunk *c, int64_t n,
@@ -201,15 +172,15 @@ CE_TARGET CE_ALWAYS_INLINE double CE_NAME(bce_body)(const ce_bce_chunk *c, int64
     const int64_t w_step = c->w_step, pw_step = c->pw_step, g_step = c->g_step;
     CE_CT *elem = (CE_CT *)c->elem;
     CE_T *grad = (CE_T *)c->grad;
-    const CE_VT scale = CE_NAME(fsplat)((CE_CT)c->scale);
+    const CE_VT scale = CE_NAME(splat)((CE_CT)c->scale);
     CE_ACC sum;
     memset(&sum, 0, sizeof sum);
     for (int64_t i = 0; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        const CE_VT xv = CE_NAME(fload)(x + i, count, 0);
+        const CE_VT xv = CE_NAME(load)(x + i, count, 0);
         const CE_VT yv = CE_NAME(fload_aux)(y + i, NULL, 1, count, 0);
         CE_VT wv = CE_NAME(fload_aux)(w ? w + i * w_step : NULL, NULL, w_step, count, 1);
-        if (count < CE_W) wv = CE_SELECT(CE_NAME(flive)(count), wv, (CE_VT){0});
+        if (count < CE_W) wv = CE_SELECT(CE_NAME(lanes_below)(count), wv, (CE_VT){0});
         CE_VT loss, dx = (CE_VT){0};
         if (logits) {
             const CE_VT pwv = CE_NAME(fload_aux)(pw ? pw + i * pw_step : NULL, NULL, pw_step, count, 1);
@@ -219,12 +190,12 @@ CE_TARGET CE_ALWAYS_INLINE double CE_NAME(bce_body)(const ce_bce_chunk *c, int64
             loss = wv * CE_NAME(bce_probs)(xv, yv);
         }
         /* padding lanes: w = 0; a loss of 0 * inf there is dropped too */
-        if (count < CE_W) loss = CE_SELECT(CE_NAME(flive)(count), loss, (CE_VT){0});
+        if (count < CE_W) loss = CE_SELECT(CE_NAME(lanes_below)(count), loss, (CE_VT){0});
         CE_ACC_ADD(&sum, loss);
         if (elem) CE_NAME(fstore_ct)(elem + i, count, loss);
         if (want_grad) {
             const CE_VT gv = CE_NAME(fload_aux)(NULL, g ? g + i * g_step : NULL, g_step, count, 1);
-            CE_NAME(fstore)(grad + i, count, wv * dx * scale * gv);
+            CE_NAME(store)(grad + i, count, wv * dx * scale * gv);
         }
     }
     return CE_ACC_SUM(sum);
@@ -244,10 +215,10 @@ CE_TARGET static double CE_NAME(bce)(const ce_bce_chunk *c, int64_t n)
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(sigmoid_body)(const CE_T *x, CE_T *out, int64_t n,
                                                       const int log_form)
 {
-    const CE_VT one = CE_NAME(fsplat)(1);
+    const CE_VT one = CE_NAME(splat)(1);
     for (int64_t i = 0; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        const CE_VT v = CE_NAME(fload)(x + i, count, 0);
+        const CE_VT v = CE_NAME(load)(x + i, count, 0);
         const CE_VIT negative = v < (CE_CT)0;
         const CE_VT e = CE_NAME(exp_neg)(CE_SELECT(negative, -v, v));
         CE_VT r;
@@ -257,7 +228,7 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(sigmoid_body)(const CE_T *x, CE_T *out, 
             const CE_VT s = one / (one + e);
             r = CE_SELECT(negative, e * s, s);
         }
-        CE_NAME(fstore)(out + i, count, r);
+        CE_NAME(store)(out + i, count, r);
     }
 }
 
@@ -275,7 +246,7 @@ CE_TARGET static void CE_NAME(log_array)(const void *xv, void *yv, int64_t n)
     CE_T *y = (CE_T *)yv;
     for (int64_t i = 0; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        CE_NAME(fstore)(y + i, count, CE_VLOG(CE_NAME(fload)(x + i, count, 1)));
+        CE_NAME(store)(y + i, count, CE_VLOG(CE_NAME(load)(x + i, count, 1)));
     }
 }
 

@@ -27,36 +27,7 @@
 
 /* ---- loads and stores of count <= CE_W elements ------------------------ */
 
-CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(splat)(CE_CT s)
-{
-    return (CE_VT){0} + s;
-}
-
-CE_TARGET CE_ALWAYS_INLINE CE_VIT CE_NAME(lanes_below)(int64_t count)
-{
-    return CE_IOTA < (CE_VIT){0} + (__typeof__(CE_IOTA[0]))count;
-}
-
-/* count elements at p; lanes past count hold fill. */
-CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load)(const CE_T *p, int64_t count, CE_CT fill)
-{
-    if (count == CE_W) return CE_VLOAD(p);
-    CE_T buf[CE_W];
-    memset(buf, 0, sizeof buf);
-    memcpy(buf, p, (size_t)count * sizeof(CE_T));
-    return CE_SELECT(CE_NAME(lanes_below)(count), CE_VLOAD(buf), CE_NAME(splat)(fill));
-}
-
-CE_TARGET CE_ALWAYS_INLINE void CE_NAME(store)(CE_T *p, int64_t count, CE_VT v)
-{
-    if (count == CE_W) {
-        CE_VSTORE(p, v);
-    } else {
-        CE_T buf[CE_W];
-        CE_VSTORE(buf, v);
-        memcpy(p, buf, (size_t)count * sizeof(CE_T));
-    }
-}
+#include "ce_lanes_template.h"
 
 /* Logits as the loss sees them: soft-capped when asked. */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(logits)(const CE_T *p, int64_t count, CE_CT fill,

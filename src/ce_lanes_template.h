@@ -1,0 +1,38 @@
+/*
+ * Loads and stores of partial vectors, shared by the chunk kernels
+ * (ce_leaf_template.h) and the family's kernels (ce_family_template.h).
+ * Expanded once per element type and instruction set, like them (no
+ * include guard): the includer defines CE_NAME, CE_T, CE_CT, CE_VT, CE_W
+ * and the vector macros (ce_leaf_types.h).
+ */
+
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(splat)(CE_CT s)
+{
+    return (CE_VT){0} + s;
+}
+
+CE_TARGET CE_ALWAYS_INLINE CE_VIT CE_NAME(lanes_below)(int64_t count)
+{
+    return CE_IOTA < (CE_VIT){0} + (__typeof__(CE_IOTA[0]))count;
+}
+
+/* count elements at p; lanes past count hold fill. */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load)(const CE_T *p, int64_t count, CE_CT fill)
+{
+    if (count == CE_W) return CE_VLOAD(p);
+    CE_T buf[CE_W];
+    memset(buf, 0, sizeof buf);
+    memcpy(buf, p, (size_t)count * sizeof(CE_T));
+    return CE_SELECT(CE_NAME(lanes_below)(count), CE_VLOAD(buf), CE_NAME(splat)(fill));
+}
+
+CE_TARGET CE_ALWAYS_INLINE void CE_NAME(store)(CE_T *p, int64_t count, CE_VT v)
+{
+    if (count == CE_W) {
+        CE_VSTORE(p, v);
+    } else {
+        CE_T buf[CE_W];
+        CE_VSTORE(buf, v);
+        memcpy(p, buf, (size_t)count * sizeof(CE_T));
+    }
+}
