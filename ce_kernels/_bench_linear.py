@@ -5,6 +5,7 @@ fresh process, its peak resident set size over the inputs)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from typing import Dict, Optional, Tuple
@@ -154,12 +155,18 @@ MEMORY_PATHS = {"ours fused": _fused, "ours unfused": unfused_ours,
                 "numpy unfused": unfused_numpy, "torch eager": _torch_eager}
 
 
+_PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
 def peak_memory(kind: str, n: int, d: int, v: int) -> Dict[str, float]:
     """Peak resident memory (MB) of one forward+backward of ``kind`` in a
     fresh process: of the inputs alone, and in all; the difference is what
     the path itself holds at its peak."""
+    # run from the directory holding this package, so that the child
+    # imports it and not another copy in the caller's working directory
+    # (such as an unbuilt source checkout)
     proc = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, kind, str(n), str(d), str(v)],
-                          capture_output=True, text=True)
+                          capture_output=True, text=True, cwd=_PACKAGE_PARENT)
     if proc.returncode != 0:
         return {"error": (proc.stderr.strip().splitlines() or ["failed"])[-1]}
     r = json.loads(proc.stdout)

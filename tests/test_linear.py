@@ -11,6 +11,9 @@ import pytest
 import ce_kernels as ck
 import reference as ref
 
+# the directory holding the ce_kernels under test (installed, or built in place)
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(ck.__file__)))
+
 N, D, V = 23, 12, 37
 TOL = {np.float32: dict(rtol=2e-4, atol=2e-5), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
@@ -264,10 +267,12 @@ def test_blas_thread_count(tmp_path):
     results = []
     for blas_threads, kernel_threads in ((1, 1), (2, 3), (4, 2)):
         env = dict(os.environ, OPENBLAS_NUM_THREADS=str(blas_threads),
-                   OMP_NUM_THREADS=str(blas_threads), PYTHONPATH=os.pathsep.join(sys.path))
+                   OMP_NUM_THREADS=str(blas_threads))
         path = tmp_path / f"r{blas_threads}.npy"
+        # from the directory holding the ce_kernels under test (installed,
+        # or built in place), not a source tree it might not be built in
         subprocess.run([sys.executable, "-c", _BLAS_RUN, str(kernel_threads), str(path)],
-                       check=True, env=env, timeout=300)
+                       check=True, env=env, timeout=300, cwd=PACKAGE_PARENT)
         results.append(np.load(path))
     for other in results[1:]:
         np.testing.assert_allclose(other, results[0], rtol=1e-5, atol=1e-6)

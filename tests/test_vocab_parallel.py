@@ -16,7 +16,9 @@ import ce_kernels as ck
 import vocab_parallel_worker as worker
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+# the directory holding the ce_kernels under test (installed, or built in
+# place): the ranks import that one, not an unbuilt source tree
+PACKAGE_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(ck.__file__)))
 TIMEOUT = 120
 
 
@@ -28,7 +30,7 @@ def free_port():
 
 def rank_environment():
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    env["PYTHONPATH"] = os.pathsep.join([ROOT, HERE, env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([PACKAGE_PARENT, HERE, env.get("PYTHONPATH", "")])
     return env
 
 
