@@ -19,8 +19,15 @@ from __future__ import annotations
 from typing import Any, List, Optional
 
 import numpy as np
-import torch
-import torch.distributed as dist
+
+try:
+    import torch
+    import torch.distributed as dist
+except ImportError as exc:  # pragma: no cover - exercised without torch
+    raise ImportError(
+        "ce_kernels.distributed needs PyTorch (pip install 'ce_kernels[distributed]'); the "
+        "rest of ce_kernels works without it"
+    ) from exc
 
 from . import _api
 from . import _sharded

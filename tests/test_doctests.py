@@ -20,7 +20,8 @@ pytestmark = pytest.mark.usefixtures("isa")
 # as a program (__main__) exits.
 NOT_IMPORTED = {"ce_kernels.__main__"}
 # Modules whose import needs an optional dependency.
-OPTIONAL = {"ce_kernels.torch": "torch", "ce_kernels._torch_linear": "torch"}
+OPTIONAL = {"ce_kernels.torch": "torch", "ce_kernels._torch_linear": "torch",
+            "ce_kernels.distributed": "torch"}
 
 FLAGS = doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE
 

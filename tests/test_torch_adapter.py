@@ -123,9 +123,10 @@ def test_importing_ce_kernels_does_not_import_torch():
     assert out.stdout.strip() == "False"
 
 
-def test_helpful_import_error_without_torch():
+@pytest.mark.parametrize("module", ["ce_kernels.torch", "ce_kernels.distributed"])
+def test_helpful_import_error_without_torch(module):
     code = ("import sys; sys.modules['torch'] = None\n"
-            "try:\n    import ce_kernels.torch\nexcept ImportError as e:\n    print(e)\n")
+            f"try:\n    import {module}\nexcept ImportError as e:\n    print(e)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=OUTSIDE_SOURCE_TREE, check=True)
-    assert "ce_kernels.torch needs PyTorch" in out.stdout
+    assert f"{module} needs PyTorch" in out.stdout
