@@ -13,7 +13,7 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 
 from .bench import _paired_ratio, _ratio, _torch_or_none, numpy_cross_entropy_with_grad, \
-    time_interleaved
+    time_interleaved, time_rows
 from ._api import cross_entropy_with_grad
 from .linear import linear_cross_entropy, linear_cross_entropy_with_grad
 
@@ -100,24 +100,21 @@ def time_linear(n: int, d: int, v: int, repeat: int, with_torch: bool = True
     return {"n": n, "d": d, "v": v, "times": times}
 
 
+# (ratio, numerator, denominator) of linear_ratios, by contender name
+_LINEAR_RATIOS = (
+    ("fused forward / bare product", "ours fused forward", "bare product h @ W.T"),
+    ("fused forward / product out=buffer", "ours fused forward", "bare product, out=buffer"),
+    ("fused fwd+bwd / bare three products", "ours fused fwd+bwd", "bare three products"),
+    ("fused fwd+bwd / three out=buffers", "ours fused fwd+bwd", "bare three, out=buffers"),
+    ("fused fwd+bwd / unfused fwd+bwd", "ours fused fwd+bwd", "ours unfused fwd+bwd"),
+    ("fused fwd+bwd / torch eager fwd+bwd", "ours fused fwd+bwd", "torch eager fwd+bwd"),
+    ("fused forward / torch eager forward", "ours fused forward", "torch eager forward"),
+)
+
+
 def linear_ratios(result: Dict[str, object], ratio=_ratio) -> Dict[str, Optional[float]]:
     get = result["times"].get
-    return {
-        "fused forward / bare product": ratio(get("ours fused forward"),
-                                              get("bare product h @ W.T")),
-        "fused forward / product out=buffer": ratio(get("ours fused forward"),
-                                                    get("bare product, out=buffer")),
-        "fused fwd+bwd / bare three products": ratio(get("ours fused fwd+bwd"),
-                                                     get("bare three products")),
-        "fused fwd+bwd / three out=buffers": ratio(get("ours fused fwd+bwd"),
-                                                   get("bare three, out=buffers")),
-        "fused fwd+bwd / unfused fwd+bwd": ratio(get("ours fused fwd+bwd"),
-                                                 get("ours unfused fwd+bwd")),
-        "fused fwd+bwd / torch eager fwd+bwd": ratio(get("ours fused fwd+bwd"),
-                                                     get("torch eager fwd+bwd")),
-        "fused forward / torch eager forward": ratio(get("ours fused forward"),
-                                                     get("torch eager forward")),
-    }
+    return {name: ratio(get(a), get(b)) for name, a, b in _LINEAR_RATIOS}
 
 
 # ---- peak memory ------------------------------------------------------------------------
@@ -205,10 +202,7 @@ def run(shape: Tuple[int, int, int] = DEFAULT_SHAPE, repeat: int = 5, with_torch
 
 def format_linear(result: Dict[str, object]) -> str:
     lines = [f"linear + cross-entropy, (N, D, V) = ({result['n']}, {result['d']}, "
-             f"{result['v']}) float32",
-             f"  {'':28s} {'min ms':>10s} {'median ms':>10s}"]
-    for name, t in result["times"].items():
-        lines.append(f"  {name:28s} {t['min'] * 1e3:10.1f} {t['median'] * 1e3:10.1f}")
+             f"{result['v']}) float32", *time_rows(result["times"], 28, 1)]
     lines.append(f"  {'':40s} {'of minima':>10s} {'paired median':>14s}")
     for name, value in result["ratios"].items():
         if value is not None:

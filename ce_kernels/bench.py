@@ -426,12 +426,18 @@ def family_ratios(family: Dict[str, object]) -> Dict[str, Optional[float]]:
     return out
 
 
+def time_rows(times: Dict[str, Dict[str, float]], width: int, digits: int) -> List[str]:
+    """A header and one line per contender: its minimum and median in ms."""
+    lines = [f"  {'':{width}s} {'min ms':>10s} {'median ms':>10s}"]
+    for name, t in times.items():
+        lines.append(f"  {name:{width}s} {t['min'] * 1e3:10.{digits}f} "
+                     f"{t['median'] * 1e3:10.{digits}f}")
+    return lines
+
+
 def format_family_table(family: Dict[str, object]) -> str:
     lines = [f"The family on (N, V) = ({family['n']}, {family['v']}) float32, "
-             f"{family['threads']} threads",
-             f"  {'':42s} {'min ms':>10s} {'median ms':>10s}"]
-    for name, t in family["times"].items():
-        lines.append(f"  {name:42s} {t['min'] * 1e3:10.3f} {t['median'] * 1e3:10.3f}")
+             f"{family['threads']} threads", *time_rows(family["times"], 42, 3)]
     for name, value in family_ratios(family).items():
         if value is not None:
             lines.append(f"  {name:60s} {value:8.2f}{'x' if 'speedup' in name else ''}")

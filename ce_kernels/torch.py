@@ -156,6 +156,14 @@ _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.flo
 
 # ---- softmax cross-entropy: the operator --------------------------------------
 
+def _loss_options(weight: Optional[Tensor], ignore_index: int, reduction: str,
+                  label_smoothing: float, z_loss: float, softcap: float) -> dict:
+    """The operator's options as the NumPy loss functions take them."""
+    return dict(weight=None if weight is None else _as_numpy(weight), ignore_index=ignore_index,
+                reduction=reduction, label_smoothing=label_smoothing, z_loss=z_loss,
+                softcap=softcap if softcap > 0 else None)
+
+
 @torch.library.custom_op("ce_kernels::cross_entropy", mutates_args=())
 def _ce_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], ignore_index: int,
            reduction: str, label_smoothing: float, z_loss: float, softcap: float,
@@ -167,10 +175,7 @@ def _ce_op(logits: Tensor, target: Tensor, weight: Optional[Tensor], ignore_inde
     same pass, are empty when ``want_row_stats`` is False. ``softcap`` 0
     means none. Losses of half-precision logits are float32."""
     x = _as_numpy(logits)
-    options = dict(weight=None if weight is None else _as_numpy(weight),
-                   ignore_index=ignore_index, reduction=reduction,
-                   label_smoothing=label_smoothing, z_loss=z_loss,
-                   softcap=softcap if softcap > 0 else None)
+    options = _loss_options(weight, ignore_index, reduction, label_smoothing, z_loss, softcap)
     batch_shape = tuple(logits.shape[:-1])
     extras = RowExtras.empty(math.prod(batch_shape)) if want_row_stats else None
     with _torch_errors():
@@ -452,10 +457,9 @@ class _CrossEntropyInPlace(torch.autograd.Function):
         extras = RowExtras.empty(math.prod(batch_shape), want_row_stats, want_row_stats)
         with _torch_errors():
             loss, _ = _api._loss_call(
-                x, _as_numpy(target), weight=None if weight is None else _as_numpy(weight),
-                ignore_index=ignore_index, reduction=reduction, label_smoothing=label_smoothing,
-                num_threads=None, want_grad=True, out=x, z_loss=z_loss,
-                softcap=softcap if softcap > 0 else None, extras=extras)
+                x, _as_numpy(target), want_grad=True, out=x, extras=extras, num_threads=None,
+                **_loss_options(weight, ignore_index, reduction, label_smoothing, z_loss,
+                                softcap))
         torch.autograd.graph.increment_version(logits)
         ctx.grad = logits.detach()
         ctx.reduction = reduction
