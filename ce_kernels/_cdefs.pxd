@@ -33,6 +33,15 @@ cdef extern from "ce_kernels.h":
         double target_weight
         double target_found
         double argmax
+        double frame
+        double frame_exp2
+        double sum_hi
+        double sum_lo
+        double lin_hi
+        double lin_lo
+        double wsum_lo
+        double wshift_hi
+        double wshift_lo
     ctypedef struct ce_problem:
         ce_dtype dtype
         ce_mode mode

@@ -32,7 +32,8 @@ MODE_ROW_STATS = CE_MODE_ROW_STATS
 MODE_GRAD_FROM_LSE = CE_MODE_GRAD_FROM_LSE
 #: Fields of ``ce_row_stats``, in order: one row of a statistics array.
 ROW_STATS_FIELDS = ("max", "sumexp", "lin", "wsum", "target_logit", "target_weight",
-                    "target_found", "argmax")
+                    "target_found", "argmax", "frame", "frame_exp2", "sum_hi", "sum_lo",
+                    "lin_hi", "lin_lo", "wsum_lo", "wshift_hi", "wshift_lo")
 DTYPE_FLOAT32 = CE_FLOAT32
 DTYPE_FLOAT64 = CE_FLOAT64
 DTYPE_FLOAT16 = CE_FLOAT16

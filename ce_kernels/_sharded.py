@@ -6,7 +6,8 @@ are those of the whole vocabulary, and give the loss
 (:func:`loss_from_row_stats`) and each row's log-sum-exp, from which every
 shard computes its own part of the gradient without seeing the others
 (:func:`cross_entropy_with_grad` with ``lse=``). The merging is the row
-driver's own merge of chunk statistics, in C.
+driver's own merge of chunk statistics, in C, and does not depend on the
+grouping: shards cut at chunk boundaries give bitwise the unsharded loss.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ class RowStats:
 
     Attributes
     ----------
-    data : ndarray of float64, shape (rows, 8)
+    data : ndarray of float64, shape (rows, 17)
         Per row, in this order (also ``fields``): ``max``, the largest
         (soft-capped) logit; ``sumexp``, the sum of ``exp(x - max)``;
         ``lin`` and ``wsum``, with label smoothing, ``sum w_j (max - x_j)``
@@ -38,8 +39,15 @@ class RowStats:
         ``target_found`` (1 or 0), of the target when it falls in the range;
         ``argmax``, the global class id of the first largest logit (with
         soft-capping, shards whose capped maxima tie are taken in order). Every
-        sum is of non-negative terms. This array is what processes exchange:
-        64 bytes per row, whatever the vocabulary size.
+        sum is of non-negative terms. Then the exact form the merge works on
+        (``frame``, ``frame_exp2``, ``sum_hi``, ``sum_lo``, ``lin_hi``,
+        ``lin_lo``, ``wsum_lo``, ``wshift_hi``, ``wshift_lo``): sums of
+        exponentials measured from ``exp(frame)``, ``frame`` a multiple of
+        ln 2, and every sum kept as a pair of doubles, so that shards merge
+        exactly in any grouping; shards cut at the row driver's chunk
+        boundaries merge to bitwise the unsharded statistics and loss. This
+        array is what processes exchange: 136 bytes per row, whatever the
+        vocabulary size.
     batch_shape : tuple of int
         ``logits.shape[:-1]``.
     vocab_start, n_classes : int

@@ -2,7 +2,7 @@
 
 Each process of a communicator holds the logits of one shard of the
 vocabulary (in rank order, unless ``vocab_start`` says otherwise) and the
-same targets (global class ids). One collective exchanges 64 bytes per row
+same targets (global class ids). One collective exchanges 136 bytes per row
 and process (``BYTES_PER_ROW``), never the logits; every process then
 holds the same loss, and computes the gradient of its own shard alone.
 

@@ -7,7 +7,8 @@
  *   1. per chunk: max, sum of exp(x - shift) (stored to the output when a
  *      gradient or softmax is wanted) and the sums of ce_chunk_opts, where
  *      shift is the chunk's maximum or, so that the chunk is read only
- *      once, the maximum of the row's first chunk;
+ *      once, the maximum of the chunk's first elements;
+ *      the chunk results are merged exactly (ce_exact), in chunk order;
  *   2. per chunk: the stored exponentials rescaled by one factor per chunk
  *      into the gradient or softmax (or x - logsumexp for log-softmax).
  * So exp is evaluated once per element, and the second sweep reads what
@@ -198,7 +199,7 @@ typedef struct {
     double g;                /* gradient/softmax factor before exp(shift - max) */
     double c;                /* coefficient of a_j in the gradient         */
     double target_delta;     /* added to out[target] after rescaling      */
-    int reread;              /* the merge read the row again (exact sum)   */
+    int reread;              /* the merge read the row again (for a NaN)   */
 } ce_row;
 
 static size_t dtype_size(ce_dtype dtype)
@@ -346,35 +347,64 @@ static double capped(const ce_plan *pl, double x)
 
 /* ---- sweep 1 ------------------------------------------------------------ */
 
-/* The reference shift offered to row r's chunks (ce_chunk_opts.ref): the
- * maximum of the row's first chunk, the same whichever thread asks, so that
- * results do not depend on the thread count; -inf without one pass. */
-static double row_reference(const ce_plan *pl, int64_t r)
+/* Elements at the start of a chunk whose maximum is the reference shift
+ * offered to the chunk (ce_chunk_opts.ref): taken from the chunk itself, so
+ * that a chunk's statistics depend on its own elements only, and a shard of
+ * the vocabulary cut at chunk boundaries sees the same chunks as the whole
+ * row. */
+#define CE_REF_BLOCK 64
+
+/* Below this, a chunk's sum of exponentials relative to its own maximum is
+ * taken again exactly (see chunk_sumexp_exact): the sum of a row is at
+ * least the sum of the chunk holding its maximum, and log(sum) < 0.118,
+ * where an absolute error of 1e-7 would exceed 1e-6 of it. */
+#define CE_EXACT_SUM_BELOW 1.125
+
+/* The reference shift offered to a chunk of n elements at x: the largest
+ * of its first CE_REF_BLOCK; -inf without one pass. */
+static double chunk_reference(const ce_plan *pl, const char *x, int64_t n)
 {
     if (!pl->one_pass) return -INFINITY;
-    const char *x = row_of(pl->p->x, r, pl->p->x_stride, pl->esize);
-    return pl->leaf->max(x, chunk_len(pl, 0), pl->opts.softcap);
+    return pl->leaf->max(x, n < CE_REF_BLOCK ? n : CE_REF_BLOCK, pl->opts.softcap);
 }
 
-/* Stats of chunk c of row r, offered the reference shift ref. Reads the
- * target's logit first if the chunk holds it, because storing exponentials
- * may overwrite it (in place). */
-static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c, double ref,
-                         ce_chunk_stats *st, double *target_logit)
+/* The chunk's sum of exponentials, as sweep 1 computed them, re-added
+ * without rounding in the compute type when the chunk is dominated by its
+ * maximum: sweep 1 adds a few exponentials per lane in float before
+ * widening, and next to the maximum's exp(0) = 1 each such addition loses
+ * up to 6e-8, which is most of log(sum) when the sum is barely above 1 (a
+ * confident row, whose loss is small). Other chunks' rounding is relative
+ * to their own, smaller, share of the row. The exponentials re-added are
+ * the ones sweep 1 computed (stored at e, or recomputed from the logits
+ * with the same shift), so that a loss does not depend on whether a
+ * gradient was asked. */
+static void chunk_sumexp_exact(const ce_plan *pl, const char *x, const char *e, int64_t n,
+                               const ce_chunk_opts *opts, ce_chunk_stats *st)
+{
+    if (!isfinite(st->max)) return;
+    if (!(st->sumexp * st->scale * exp(st->shift - st->max) < CE_EXACT_SUM_BELOW)) return;
+    st->sumexp = pl->leaf->exact_sumexp(e ? e : x, n, e != NULL, st->shift, opts);
+}
+
+/* Stats of chunk c of row r. Reads the target's logit first if the chunk
+ * holds it, because storing exponentials may overwrite it (in place). */
+static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c, ce_chunk_stats *st,
+                         double *target_logit)
 {
     const ce_problem *p = pl->p;
     const int64_t j0 = c * CE_CHUNK, n = chunk_len(pl, c);
-    const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+    const char *x = row_of(p->x, r, p->x_stride, pl->esize) + (size_t)j0 * pl->esize;
     if (p->target) {
-        const int64_t t = p->target[r] - p->vocab_start;
-        if (t >= j0 && t < j0 + n) *target_logit = capped(pl, load_as_double(x, t, p->dtype));
+        const int64_t t = p->target[r] - p->vocab_start - j0;
+        if (t >= 0 && t < n) *target_logit = capped(pl, load_as_double(x, t, p->dtype));
     }
-    void *e = NULL;
+    char *e = NULL;
     if (pl->store_exp)
         e = (char *)row_of(p->out, r, p->out_stride, pl->esize) + (size_t)j0 * pl->esize;
     ce_chunk_opts opts = chunk_opts(pl, r, c);
-    opts.ref = ref;
-    pl->leaf->stats(x + (size_t)j0 * pl->esize, n, e, &opts, st);
+    opts.ref = chunk_reference(pl, x, n);
+    pl->leaf->stats(x, n, e, &opts, st);
+    chunk_sumexp_exact(pl, x, e, n, &opts, st);
 }
 
 /* ---- merge -------------------------------------------------------------- */
@@ -420,68 +450,200 @@ static double chunk_weight(const ce_chunk_stats *s, double m)
     return s->max == -INFINITY ? 0.0 : exp(s->shift - m) * s->scale;
 }
 
-/* The merge of a row's parts st[0:n], in order: the chunks of a row, or
- * the shards of a row's vocabulary (ce_merge_row_stats), so both merge
- * alike. Sums are measured from the merged maximum. The sum of
- * exponentials means nothing when the maximum is +inf: the callers set it. */
-static void merge_parts(const ce_chunk_stats *st, int64_t n, ce_merged *mg)
+/* ---- the exact merge ----------------------------------------------------- */
+
+/* A sum kept as an unevaluated pair hi + lo with |lo| <= ulp(hi) / 2: its
+ * error is 2^-106 of the terms, so the same terms added in any grouping
+ * round to the same hi, save when the sum lies within about 2^-100 of a
+ * rounding boundary. */
+typedef struct {
+    double hi, lo;
+} ce_dd;
+
+static void dd_add(ce_dd *a, double b)
 {
-    double m = -INFINITY;
-    for (int64_t c = 0; c < n; ++c) m = st[c].max > m ? st[c].max : m;
-    double sum = 0.0, lin = 0.0, asum = 0.0, ent = 0.0;
-    for (int64_t c = 0; c < n; ++c) {
-        const double rel = chunk_weight(&st[c], m);
-        sum += st[c].sumexp * rel;
-        lin += st[c].lin + (st[c].asum != 0.0 ? st[c].asum * (m - st[c].shift) : 0.0);
-        asum += st[c].asum;
-        if (rel != 0.0) ent += rel * (st[c].ent + (m - st[c].shift) * st[c].sumexp);
+    const double s = a->hi + b;
+    if (!isfinite(s)) {
+        a->hi = s;
+        a->lo = 0.0;
+        return;
     }
+    const double bb = s - a->hi;
+    const double lo = a->lo + ((a->hi - (s - bb)) + (b - bb));
+    a->hi = s + lo;
+    a->lo = lo - (a->hi - s);
+}
+
+static void dd_add_dd(ce_dd *a, ce_dd b)
+{
+    dd_add(a, b.hi);
+    dd_add(a, b.lo);
+}
+
+/* a += x * y, the product taken exactly. */
+static void dd_add_product(ce_dd *a, double x, double y)
+{
+    const double p = x * y;
+    dd_add(a, p);
+    if (isfinite(p)) dd_add(a, fma(x, y, -p));
+}
+
+static void dd_scale(ce_dd *a, double f)
+{
+    a->hi *= f;
+    a->lo *= f;
+}
+
+/* Beyond this maximum a row's frame is the maximum itself (frame_exp2
+ * NaN): frame / ln 2 would no longer be an integer that a double holds
+ * with room to spare. */
+#define CE_FRAME_LIMIT 0x1p30
+
+/* The statistics of a part of a row (a chunk, or a merged run of chunks
+ * or shards) in the form that merges exactly (see ce_row_stats): sums of
+ * exponentials measured from exp(frame), frame = k ln 2 at or just above
+ * the part's maximum, so that two parts come to one frame by a power of
+ * two; and the linear sums kept from each chunk's own shift s_c,
+ * sum_c lin_c and sum_c s_c asum_c, turned into distances from the row
+ * maximum m only at the end: lin = sum_c lin_c + m asum - sum_c s_c asum_c. */
+typedef struct {
+    double max;
+    double frame, k;         /* -inf and 0 while no exponential is in sum */
+    ce_dd sum, lin, asum, ashift;
+} ce_exact;
+
+static void exact_init(ce_exact *e)
+{
+    memset(e, 0, sizeof *e);
+    e->max = -INFINITY;
+    e->frame = -INFINITY;
+}
+
+/* The frame of a part whose maximum is m (finite). */
+static void frame_of(double m, double *frame, double *k)
+{
+    if (fabs(m) < CE_FRAME_LIMIT) {
+        *k = ceil(m * (1.0 / M_LN2));
+        *frame = *k * M_LN2;
+    } else {
+        *k = NAN;
+        *frame = m;
+    }
+}
+
+/* exp(from - to) for the frames from <= to: a power of two between frames
+ * of multiples of ln 2, so applying it is exact. */
+static double frame_factor(double from, double k_from, double to, double k_to)
+{
+    if (from == -INFINITY) return 0.0;
+    if (isnan(k_from) || isnan(k_to)) return exp(from - to);
+    const double d = k_from - k_to;
+    return d < -2200.0 ? 0.0 : ldexp(1.0, (int)d);
+}
+
+/* e.sum += value, measured from exp(frame). */
+static void exact_add_sum(ce_exact *e, ce_dd value, double frame, double k)
+{
+    if (isnan(value.hi) || isnan(e->sum.hi)) {
+        e->sum = (ce_dd){NAN, 0.0};
+        return;
+    }
+    if (frame == -INFINITY) return;
+    if (frame > e->frame) {
+        dd_scale(&e->sum, frame_factor(e->frame, e->k, frame, k));
+        e->frame = frame;
+        e->k = k;
+    } else {
+        dd_scale(&value, frame_factor(frame, k, e->frame, e->k));
+    }
+    dd_add_dd(&e->sum, value);
+}
+
+/* The linear sums of a part, and its maximum. */
+static void exact_add_linear(ce_exact *e, double max, ce_dd lin, ce_dd asum, ce_dd ashift)
+{
+    e->max = max > e->max ? max : e->max;
+    dd_add_dd(&e->lin, lin);
+    dd_add_dd(&e->asum, asum);
+    dd_add_dd(&e->ashift, ashift);
+}
+
+/* Chunk stats st into e. */
+static void exact_add_chunk(ce_exact *e, const ce_chunk_stats *st)
+{
+    ce_dd ashift = {0.0, 0.0};
+    if (st->asum != 0.0) dd_add_product(&ashift, st->asum, st->shift);
+    exact_add_linear(e, st->max, (ce_dd){st->lin, 0.0}, (ce_dd){st->asum, 0.0}, ashift);
+    if (st->max == INFINITY) return; /* the row's sum means nothing: see merge_row */
+    if (st->max == -INFINITY) {
+        /* no exponential, but a NaN among -inf */
+        if (isnan(st->sumexp)) exact_add_sum(e, (ce_dd){NAN, 0.0}, -INFINITY, 0.0);
+        return;
+    }
+    double frame, k;
+    frame_of(st->max, &frame, &k);
+    const double t = st->sumexp * st->scale * exp(st->shift - frame);
+    exact_add_sum(e, (ce_dd){t, 0.0}, frame, k);
+}
+
+/* Merged statistics e into mg: sums measured from the maximum. */
+static void exact_finish(const ce_exact *e, ce_merged *mg)
+{
+    const double m = e->max;
     mg->max = m;
-    mg->sum = sum;
-    mg->lin = lin;
-    mg->asum = asum;
-    mg->ent = ent;
-}
-
-/* Below this, a row's sum of exponentials is taken again exactly (see
- * row_sumexp_exact): log(sum) < 0.118, where an absolute error of 1e-7
- * would exceed 1e-6 of it. */
-#define CE_EXACT_SUM_BELOW 1.125
-
-/* The chunk holds the row maximum m, and m is a number or +inf (a row of
- * -inf only has nothing to re-add). */
-static int holds_max(const ce_chunk_stats *s, double m)
-{
-    return s->max == m && m != -INFINITY;
-}
-
-/* The row's sum of exponentials relative to the row maximum m, merged in
- * chunk order as merge_parts does, but with the chunks that hold m
- * re-added without rounding in the compute type: sweep 1 adds a few
- * exponentials per lane in float before widening, and next to the
- * maximum's exp(0) = 1 each such addition loses up to 6e-8, which is most
- * of log(sum) when the sum is barely above 1 (a confident row, whose loss
- * is small). Other chunks' rounding is relative to their own, smaller,
- * share. The exponentials re-added are the ones sweep 1 computed: stored,
- * or recomputed from the logits with the same shift, so a loss does not
- * depend on whether a gradient was asked. */
-static double row_sumexp_exact(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m)
-{
-    const ce_problem *p = pl->p;
-    const char *base = pl->store_exp ? row_of(p->out, r, p->out_stride, pl->esize)
-                                     : row_of(p->x, r, p->x_stride, pl->esize);
-    double sum = 0.0;
-    for (int64_t c = 0; c < pl->n_chunks; ++c) {
-        if (holds_max(&st[c], m)) {
-            const ce_chunk_opts opts = chunk_opts(pl, r, c);
-            sum += pl->leaf->exact_sumexp(base + (size_t)(c * CE_CHUNK) * pl->esize,
-                                          chunk_len(pl, c), pl->store_exp, st[c].shift, &opts) *
-                   chunk_weight(&st[c], m);
-        } else {
-            sum += st[c].sumexp * chunk_weight(&st[c], m);
-        }
+    mg->sum = e->sum.hi + e->sum.lo;
+    if (e->frame != -INFINITY && isfinite(m)) mg->sum *= exp(e->frame - m);
+    ce_dd lin = e->lin;
+    if (e->asum.hi != 0.0) {
+        dd_add_product(&lin, m, e->asum.hi);
+        dd_add_product(&lin, m, e->asum.lo);
+        dd_add(&lin, -e->ashift.hi);
+        dd_add(&lin, -e->ashift.lo);
     }
-    return sum;
+    mg->lin = lin.hi + lin.lo;
+    mg->asum = e->asum.hi + e->asum.lo;
+}
+
+/* The exact form of a row's statistics, as ce_row_stats holds it. */
+static void exact_store(const ce_exact *e, ce_row_stats *rs)
+{
+    rs->frame = e->frame;
+    rs->frame_exp2 = e->k;
+    rs->sum_hi = e->sum.hi;
+    rs->sum_lo = e->sum.lo;
+    rs->lin_hi = e->lin.hi;
+    rs->lin_lo = e->lin.lo;
+    rs->wsum_lo = e->asum.lo;
+    rs->wshift_hi = e->ashift.hi;
+    rs->wshift_lo = e->ashift.lo;
+}
+
+/* A shard's statistics rs into e. */
+static void exact_add_shard(ce_exact *e, const ce_row_stats *rs)
+{
+    exact_add_linear(e, rs->max, (ce_dd){rs->lin_hi, rs->lin_lo}, (ce_dd){rs->wsum, rs->wsum_lo},
+                     (ce_dd){rs->wshift_hi, rs->wshift_lo});
+    if (rs->max != INFINITY)
+        exact_add_sum(e, (ce_dd){rs->sum_hi, rs->sum_lo}, rs->frame, rs->frame_exp2);
+}
+
+/* The merge of a row's chunk stats st[0:n], in order, into mg (and into
+ * exact, when not NULL). The entropy term, which token statistics alone
+ * ask for, is merged directly from the row maximum. The sum of
+ * exponentials means nothing when the maximum is +inf: the callers set it. */
+static void merge_parts(const ce_chunk_stats *st, int64_t n, ce_merged *mg, ce_exact *exact)
+{
+    ce_exact e;
+    exact_init(&e);
+    for (int64_t c = 0; c < n; ++c) exact_add_chunk(&e, &st[c]);
+    exact_finish(&e, mg);
+    if (exact) *exact = e;
+    double ent = 0.0;
+    for (int64_t c = 0; c < n; ++c) {
+        const double rel = chunk_weight(&st[c], mg->max);
+        if (rel != 0.0) ent += rel * (st[c].ent + (mg->max - st[c].shift) * st[c].sumexp);
+    }
+    mg->ent = ent;
 }
 
 static int row_has_nan(const ce_plan *pl, int64_t r)
@@ -494,18 +656,15 @@ static int row_has_nan(const ce_plan *pl, int64_t r)
 }
 
 /* Merges the chunk stats of row r; returns whether the row was read again
- * after sweep 1 (to look for NaN, or for the exact sum of exponentials). */
-static int merge_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, ce_merged *mg)
+ * after sweep 1 (to look for NaN). */
+static int merge_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, ce_merged *mg,
+                     ce_exact *exact)
 {
-    merge_parts(st, pl->n_chunks, mg);
-    if (mg->max == INFINITY) {
-        /* exp(x - inf) means nothing: a row holding +inf has log-sum-exp
-         * +inf (NaN if it also holds a NaN), as in NumPy and SciPy. */
-        mg->sum = row_has_nan(pl, r) ? NAN : 1.0;
-        return 1;
-    }
-    if (!(mg->sum < CE_EXACT_SUM_BELOW)) return 0;
-    mg->sum = row_sumexp_exact(pl, r, st, mg->max);
+    merge_parts(st, pl->n_chunks, mg, exact);
+    if (mg->max != INFINITY) return 0;
+    /* exp(x - inf) means nothing: a row holding +inf has log-sum-exp +inf
+     * (NaN if it also holds a NaN), as in NumPy and SciPy. */
+    mg->sum = row_has_nan(pl, r) ? NAN : 1.0;
     return 1;
 }
 
@@ -547,11 +706,13 @@ static double finish_loss(const ce_problem *p, double n_classes, const ce_merged
 
 /* The statistics of row r of a vocabulary shard (CE_MODE_ROW_STATS). */
 static ce_row_stats shard_stats(const ce_plan *pl, int64_t r, const ce_chunk_stats *st,
-                                const ce_merged *mg, double target_logit)
+                                const ce_merged *mg, const ce_exact *exact,
+                                double target_logit)
 {
     const ce_problem *p = pl->p;
     ce_row_stats rs;
     memset(&rs, 0, sizeof rs);
+    exact_store(exact, &rs);
     rs.max = mg->max;
     rs.sumexp = mg->sum;
     rs.lin = mg->lin;
@@ -574,7 +735,8 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
 {
     const ce_problem *p = pl->p;
     ce_merged mg;
-    row->reread = merge_row(pl, r, st, &mg);
+    ce_exact exact;
+    row->reread = merge_row(pl, r, st, &mg, &exact);
     const double m = mg.max, sum = mg.sum;
     const double log_sum = log(sum);
     row->ignored = ignored;
@@ -604,7 +766,7 @@ static void summarize_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st
         }
         return;
     case CE_MODE_ROW_STATS:
-        if (writer) p->row_stats[r] = shard_stats(pl, r, st, &mg, target_logit);
+        if (writer) p->row_stats[r] = shard_stats(pl, r, st, &mg, &exact, target_logit);
         return;
     default:
         break;
@@ -626,29 +788,22 @@ int ce_merge_row_stats(const ce_row_stats *parts, int64_t n_parts, int64_t n_row
                        ce_row_stats *out)
 {
     if (n_parts < 1 || n_rows < 0 || parts == NULL || out == NULL) return CE_ERR_ARGS;
-    ce_chunk_stats *st = (ce_chunk_stats *)malloc((size_t)n_parts * sizeof *st);
-    if (st == NULL) return CE_ERR_NOMEM;
     for (int64_t r = 0; r < n_rows; ++r) {
         ce_row_stats rs;
         memset(&rs, 0, sizeof rs);
+        ce_exact e;
+        exact_init(&e);
         int has_nan = 0;
-        /* each shard as a chunk measured from its own maximum */
         for (int64_t k = 0; k < n_parts; ++k) {
             const ce_row_stats *s = &parts[k * n_rows + r];
-            st[k].max = s->max;
-            st[k].shift = s->max == -INFINITY ? 0.0 : s->max;
-            st[k].sumexp = s->sumexp;
-            st[k].scale = 1.0;
-            st[k].lin = s->lin;
-            st[k].asum = s->wsum;
-            st[k].ent = 0.0;
+            exact_add_shard(&e, s);
             has_nan |= isnan(s->sumexp);
             rs.target_logit += s->target_logit;
             rs.target_weight += s->target_weight;
             rs.target_found += s->target_found;
         }
         ce_merged mg;
-        merge_parts(st, n_parts, &mg);
+        exact_finish(&e, &mg);
         if (mg.max == INFINITY) mg.sum = has_nan ? NAN : 1.0;
         /* the first NaN, else the first maximum, as row_argmax */
         int64_t first = 0;
@@ -656,6 +811,7 @@ int ce_merge_row_stats(const ce_row_stats *parts, int64_t n_parts, int64_t n_row
                (has_nan ? !isnan(parts[first * n_rows + r].sumexp)
                         : parts[first * n_rows + r].max != mg.max))
             ++first;
+        exact_store(&e, &rs);
         rs.max = mg.max;
         rs.sumexp = mg.sum;
         rs.lin = mg.lin;
@@ -663,7 +819,6 @@ int ce_merge_row_stats(const ce_row_stats *parts, int64_t n_parts, int64_t n_row
         rs.argmax = parts[first * n_rows + r].argmax;
         out[r] = rs;
     }
-    free(st);
     return CE_OK;
 }
 
@@ -804,8 +959,7 @@ static void run_row(const ce_plan *pl, int64_t r, ce_chunk_stats *st)
         const ce_plan *q = ignored ? pl->quiet : pl;
         double target_logit = 0.0;
         ce_row row;
-        const double ref = row_reference(q, r);
-        for (int64_t c = 0; c < q->n_chunks; ++c) sweep1_chunk(q, r, c, ref, &st[c], &target_logit);
+        for (int64_t c = 0; c < q->n_chunks; ++c) sweep1_chunk(q, r, c, &st[c], &target_logit);
         summarize_row(q, r, st, target_logit, &row, 1, ignored);
         if (!ignored && pl->second_sweep)
             for (int64_t c = 0; c < pl->n_chunks; ++c) sweep2_chunk(pl, r, c, st, &row);
@@ -867,14 +1021,8 @@ static void run_by_chunks(const ce_plan *pl, ce_chunk_stats *st, int n_threads,
             if (ignored && master && p->row_out) p->row_out[r] = 0.0;
             if (!ignored || pl->stats_of_ignored) {
                 const ce_plan *q = ignored ? pl->quiet : pl;
-                const double ref = row_reference(q, r);
-                /* every thread has read the first chunk before any stores
-                 * over it (in place) */
-                if (q->one_pass && q->store_exp) {
-                    #pragma omp barrier
-                }
                 #pragma omp for schedule(static)
-                for (int64_t c = 0; c < nc; ++c) sweep1_chunk(q, r, c, ref, &st[c], &target_logit);
+                for (int64_t c = 0; c < nc; ++c) sweep1_chunk(q, r, c, &st[c], &target_logit);
                 ce_row row;
                 summarize_row(q, r, st, target_logit, &row, master, ignored);
                 if (!ignored && pl->second_sweep) {

@@ -124,6 +124,16 @@ def test_shard_gradient_does_not_depend_on_the_split(rng):
         np.testing.assert_array_equal(shard_grads(x, t, cuts, lse, **opts), whole)
 
 
+#: The fields of a row's statistics that describe its shard (the rest is
+#: the exact form the merge works on).
+DESCRIBED = ("max", "sumexp", "lin", "wsum", "target_logit", "target_weight", "target_found",
+             "argmax")
+
+
+def described(stats):
+    return np.stack([stats.field(name) for name in DESCRIBED], axis=-1)
+
+
 def test_row_stats_fields_match_reference(rng):
     x, t = make_case(rng, (8, 3000), np.float64)
     w = rng.random(3000) + 0.5
@@ -132,12 +142,69 @@ def test_row_stats_fields_match_reference(rng):
         s = ck.row_stats(x[:, a:b], t, vocab_start=a, vocab_size=3000, weight=w,
                          label_smoothing=0.3, softcap=5.0)
         expected = ref.shard_row_stats(x[:, a:b], t, a, w, 0.3, 5.0)
-        np.testing.assert_allclose(s.data, expected, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(described(s), expected, rtol=1e-12, atol=1e-12)
         assert (s.vocab_start, s.n_classes, s.vocab_size) == (a, b - a, 3000)
     merged = shards(x, t, [0, 1000, 2500, 3000], weight=w, label_smoothing=0.3, softcap=5.0)
     whole = ref.shard_row_stats(x, t, 0, w, 0.3, 5.0)
-    np.testing.assert_allclose(merged.data, whole, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(described(merged), whole, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(merged.lse, ref.logsumexp(ref.softcapped(x, 5.0)), rtol=1e-13)
+
+
+def test_exact_fields_hold_the_sums_from_their_frame(rng):
+    """The exact form: sum_hi + sum_lo is the sum of exp(x - frame), frame a
+    multiple of ln 2 at or above the maximum, and wsum_lo, lin_hi/lo, wshift
+    the pieces of the linear sums."""
+    x, t = make_case(rng, (6, 5000), np.float64)
+    x[1] += 700.0
+    s = ck.row_stats(x, t, label_smoothing=0.1)
+    frame, k = s.field("frame"), s.field("frame_exp2")
+    np.testing.assert_array_equal(k, np.round(k))
+    np.testing.assert_allclose(frame, k * np.log(2.0), rtol=1e-15)
+    assert np.all(frame >= x.max(axis=-1) - 1e-12) and np.all(frame < x.max(axis=-1) + np.log(2.0))
+    expected = np.exp(x - frame[:, None]).sum(axis=-1)
+    np.testing.assert_allclose(s.field("sum_hi") + s.field("sum_lo"), expected, rtol=1e-13)
+    assert np.all(np.abs(s.field("sum_lo")) <= np.spacing(s.field("sum_hi")))
+    m = x.max(axis=-1)
+    lin = s.field("lin_hi") + s.field("lin_lo") + m * s.field("wsum") - s.field("wshift_hi")
+    np.testing.assert_allclose(lin, (m[:, None] - x).sum(axis=-1), rtol=1e-12)
+    huge = ck.row_stats(np.array([[3e30, 1.0]]), np.array([0]))
+    assert np.isnan(huge.field("frame_exp2")[0]) and huge.field("frame")[0] == 3e30
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16, ml_dtypes.bfloat16],
+                         ids=["float32", "float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("options", list(OPTIONS))
+def test_chunk_aligned_shards_are_bitwise_the_unsharded_loss(rng, dtype, options):
+    """Shards cut at the row driver's chunk boundaries hold the chunks the
+    unsharded call reduces, and the merge is exact: the loss, the lse and
+    every described field are bitwise those of the unsharded call, whatever
+    the number of shards, their sizes, the thread count or the grouping of
+    the merge."""
+    chunk = ck.build_info()["chunk_size"]
+    v = 6 * chunk + 123
+    x, t = make_case(rng, (40, v), dtype)
+    x[1, 5000] = 40.0                      # a confident row
+    x[2, : 3 * chunk] = -np.inf            # a row whose first shards are empty
+    x[3, 10] = 1e4                          # far above the rest
+    t[1:4] = [5000, 7000, 10]
+    opts = options_for(options, rng, v)
+    z = 1e-3
+    whole_loss = ck.cross_entropy(x, t, reduction="none", z_loss=z, **opts)
+    opts.pop("z_loss", None)
+    whole = ck.row_stats(x, t, **opts)
+    for n_shards in (2, 3, 7):
+        inner = np.sort(rng.choice(np.arange(1, 7), size=n_shards - 1, replace=False))
+        cuts = [0, *(chunk * inner).tolist(), v]
+        for threads in (1, 2):
+            parts = [ck.row_stats(x[..., a:b], t, vocab_start=a, vocab_size=v,
+                                  num_threads=threads, **opts)
+                     for a, b in zip(cuts, cuts[1:])]
+            merged = ck.merge_row_stats(parts)
+            regrouped = ck.merge_row_stats([ck.merge_row_stats(parts[:2]), *parts[2:]])
+            for m in (merged, regrouped):
+                np.testing.assert_array_equal(described(m), described(whole))
+                loss = ck.loss_from_row_stats(m, t, reduction="none", z_loss=z)
+                np.testing.assert_array_equal(loss, whole_loss)
 
 
 def test_deterministic_run_to_run_and_across_threads(rng):

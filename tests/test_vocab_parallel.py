@@ -135,8 +135,8 @@ def test_bench_section(capsys):
     with one_thread_per_rank():
         small = bench.vocab_parallel(8, 1000, 2, threads=1, repeat=2)
     assert small["vocab_parallel"]["runs"] == 2 and small["single_process"]["min"] > 0
-    assert small["bytes_sent_per_row_per_rank"] == 64
-    assert small["bytes_received_per_row_per_rank"] == 64
+    assert small["bytes_sent_per_row_per_rank"] == 17 * 8  # the record: 17 doubles
+    assert small["bytes_received_per_row_per_rank"] == 17 * 8
     text = bench.format_vocab_parallel(small)
     assert "2 processes (gloo)" in text and "independent of V" in text
 

@@ -48,10 +48,18 @@ typedef enum {
 
 /*
  * What one row's logits in one vocabulary shard contribute to the row's
- * loss (CE_MODE_ROW_STATS). Sums are measured from the shard's maximum, so
- * every term is non-negative and nothing cancels. Shards of one row merge
- * with ce_merge_row_stats; ce_finish_row_stats turns merged statistics
- * into losses. All fields are doubles so that a row is 8 doubles to send.
+ * loss (CE_MODE_ROW_STATS). The first eight fields describe the shard:
+ * sums measured from the shard's maximum, so every term is non-negative and
+ * nothing cancels. The rest is the exact form ce_merge_row_stats merges:
+ * sums of exponentials measured from exp(frame) where frame is a multiple
+ * of ln 2, so that bringing two shards to one frame multiplies by a power
+ * of two (exact), and every sum kept as an unevaluated pair hi + lo of
+ * doubles. Merging in any grouping then rounds to the same doubles (up to
+ * sums within 2^-100 of a rounding boundary): a row merged from shards
+ * that cut its vocabulary at chunk boundaries (ce_chunk_size()) is bitwise
+ * the row of the unsharded call. Shards of one row merge with
+ * ce_merge_row_stats; ce_finish_row_stats turns merged statistics into
+ * losses. All fields are doubles so that a row is 17 doubles to send.
  */
 typedef struct {
     double max;           /* largest (soft-capped) logit; -inf if none        */
@@ -62,6 +70,15 @@ typedef struct {
     double target_weight; /* its class weight (1 without weights); 0 if elsewhere */
     double target_found;  /* 1 if the target is in the shard, else 0           */
     double argmax;        /* global class id of the first largest logit        */
+    /* the exact form: */
+    double frame;         /* exp(frame) is the unit of sum_hi/lo; -inf: none   */
+    double frame_exp2;    /* frame / ln 2, an integer; NaN when the maximum is
+                             beyond +-2^30 and frame is the maximum itself     */
+    double sum_hi, sum_lo;        /* sum_j exp(x_j - frame)                    */
+    double lin_hi, lin_lo;        /* sum over chunks of sum_j w_j (s_c - x_j),
+                                     s_c the shift the chunk was measured from */
+    double wsum_lo;               /* wsum = wsum + wsum_lo                     */
+    double wshift_hi, wshift_lo;  /* sum over chunks of s_c * sum_j w_j        */
 } ce_row_stats;
 
 /* Instruction-set paths the kernels are compiled for. */
