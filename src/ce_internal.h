@@ -26,11 +26,16 @@
 
 /* How far above the offered reference (ce_chunk_opts.ref) a chunk's
  * elements may lie and still be measured from it. x - ref is rounded to
- * the compute type before exp: within 2 of ref that costs at most 6e-8 of
- * an exponential near the maximum, the level of exp's own error (beyond, a
+ * the compute type before exp: within 4 of ref that costs at most 1.2e-7
+ * of an exponential near the maximum, twice exp's own error (beyond, a
  * chunk is measured from its own maximum, where the large exponentials
- * have small arguments). exp's inputs stay in (-inf, 2]. */
-#define CE_REF_HEADROOM 2.0
+ * have small arguments). The chunk's largest exponential is then set
+ * exactly (ce_chunk_stats.scale), so the error of a loss stays below
+ * 1.2e-7 of it, and of a sum of exponentials below 1.2e-7 of the part
+ * that is not the maximum's. The reference is the maximum of the chunk's
+ * first elements, which the rest of a chunk of LM logits seldom exceeds by
+ * 4. exp's inputs stay in (-inf, 4]. */
+#define CE_REF_HEADROOM 4.0
 
 /* Below this many elements in total a call stays on one thread: waking a
  * second thread costs more than the work. */
@@ -73,8 +78,8 @@ int ce_stopper_stopped(const ce_stopper *s);
  * softcap > 0 replaces every logit x by softcap * tanh(x / softcap) first.
  * entropy asks for sum_j e[j] * (shift - x[j]) with e = exp(x - shift).
  *
- * ref, when finite, is no larger than the row's maximum (the row driver
- * passes the maximum of the row's first chunk). When no linear or entropy
+ * ref, when finite, is no larger than the chunk's maximum (the row driver
+ * passes the maximum of the chunk's first elements). When no linear or entropy
  * sums are asked, the chunk is then read once: its exponentials are
  * measured from ref (shift = ref) while its maximum is found, instead of a
  * pass for the maximum first. From the first block of elements more than
@@ -106,6 +111,10 @@ typedef struct {
     double lin;      /* sum_j a[j] * (shift - x[j]), a[j] == 0 terms skipped */
     double asum;     /* sum_j a[j]                                         */
     double ent;      /* sum_j e[j] * (shift - x[j]), e[j] == 0 terms skipped */
+    /* Set by the row driver (ce_kernels.c), for its exact merge: */
+    double frame;    /* k ln 2 at or just above max (-inf for no max)      */
+    double k;        /* frame / ln 2, or NaN when frame is max itself      */
+    double framed;   /* sum_j exp(x[j] - frame)                            */
 } ce_chunk_stats;
 
 /* The chunk kernels of one element type on one instruction set. */

@@ -345,111 +345,6 @@ static double capped(const ce_plan *pl, double x)
     return pl->esize == sizeof(double) ? y : (double)(float)y;
 }
 
-/* ---- sweep 1 ------------------------------------------------------------ */
-
-/* Elements at the start of a chunk whose maximum is the reference shift
- * offered to the chunk (ce_chunk_opts.ref): taken from the chunk itself, so
- * that a chunk's statistics depend on its own elements only, and a shard of
- * the vocabulary cut at chunk boundaries sees the same chunks as the whole
- * row. */
-#define CE_REF_BLOCK 64
-
-/* Below this, a chunk's sum of exponentials relative to its own maximum is
- * taken again exactly (see chunk_sumexp_exact): the sum of a row is at
- * least the sum of the chunk holding its maximum, and log(sum) < 0.118,
- * where an absolute error of 1e-7 would exceed 1e-6 of it. */
-#define CE_EXACT_SUM_BELOW 1.125
-
-/* The reference shift offered to a chunk of n elements at x: the largest
- * of its first CE_REF_BLOCK; -inf without one pass. */
-static double chunk_reference(const ce_plan *pl, const char *x, int64_t n)
-{
-    if (!pl->one_pass) return -INFINITY;
-    return pl->leaf->max(x, n < CE_REF_BLOCK ? n : CE_REF_BLOCK, pl->opts.softcap);
-}
-
-/* The chunk's sum of exponentials, as sweep 1 computed them, re-added
- * without rounding in the compute type when the chunk is dominated by its
- * maximum: sweep 1 adds a few exponentials per lane in float before
- * widening, and next to the maximum's exp(0) = 1 each such addition loses
- * up to 6e-8, which is most of log(sum) when the sum is barely above 1 (a
- * confident row, whose loss is small). Other chunks' rounding is relative
- * to their own, smaller, share of the row. The exponentials re-added are
- * the ones sweep 1 computed (stored at e, or recomputed from the logits
- * with the same shift), so that a loss does not depend on whether a
- * gradient was asked. */
-static void chunk_sumexp_exact(const ce_plan *pl, const char *x, const char *e, int64_t n,
-                               const ce_chunk_opts *opts, ce_chunk_stats *st)
-{
-    if (!isfinite(st->max)) return;
-    if (!(st->sumexp * st->scale * exp(st->shift - st->max) < CE_EXACT_SUM_BELOW)) return;
-    st->sumexp = pl->leaf->exact_sumexp(e ? e : x, n, e != NULL, st->shift, opts);
-}
-
-/* Stats of chunk c of row r. Reads the target's logit first if the chunk
- * holds it, because storing exponentials may overwrite it (in place). */
-static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c, ce_chunk_stats *st,
-                         double *target_logit)
-{
-    const ce_problem *p = pl->p;
-    const int64_t j0 = c * CE_CHUNK, n = chunk_len(pl, c);
-    const char *x = row_of(p->x, r, p->x_stride, pl->esize) + (size_t)j0 * pl->esize;
-    if (p->target) {
-        const int64_t t = p->target[r] - p->vocab_start - j0;
-        if (t >= 0 && t < n) *target_logit = capped(pl, load_as_double(x, t, p->dtype));
-    }
-    char *e = NULL;
-    if (pl->store_exp)
-        e = (char *)row_of(p->out, r, p->out_stride, pl->esize) + (size_t)j0 * pl->esize;
-    ce_chunk_opts opts = chunk_opts(pl, r, c);
-    opts.ref = chunk_reference(pl, x, n);
-    pl->leaf->stats(x, n, e, &opts, st);
-    chunk_sumexp_exact(pl, x, e, n, &opts, st);
-}
-
-/* ---- merge -------------------------------------------------------------- */
-
-/* First index of the row maximum (the first NaN if the row has one, as
- * numpy.argmax), found in the first chunk that holds it. With soft-capping
- * m is capped: the chunks' own maxima are then taken again uncapped, so
- * that the answer is the argmax of the logits (the cap keeps their order,
- * up to the ties its rounding makes). */
-static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m,
-                          int has_nan)
-{
-    const ce_problem *p = pl->p;
-    const char *x = row_of(p->x, r, p->x_stride, pl->esize);
-    if (has_nan) {
-        for (int64_t j = 0; j < p->n_cols; ++j)
-            if (isnan(load_as_double(x, j, p->dtype))) return j;
-    }
-    int64_t best = -1;
-    if (pl->opts.softcap > 0.0) {
-        for (int64_t c = 0; c < pl->n_chunks; ++c) {
-            const double raw = pl->leaf->max(x + (size_t)(c * CE_CHUNK) * pl->esize,
-                                             chunk_len(pl, c), 0.0);
-            if (best < 0 || raw > m) {
-                m = raw;
-                best = c;
-            }
-        }
-    } else {
-        for (best = 0; best < pl->n_chunks - 1 && st[best].max != m; ++best) continue;
-    }
-    const int64_t j0 = best * CE_CHUNK, n = chunk_len(pl, best);
-    for (int64_t j = j0; j < j0 + n; ++j)
-        if (load_as_double(x, j, p->dtype) == m) return j;
-    return 0;
-}
-
-/* exp(shift - m) * scale: what a chunk's exponentials are worth against
- * the row maximum m; 0 for a chunk of -inf only (whose sums are 0, or
- * NaN). */
-static double chunk_weight(const ce_chunk_stats *s, double m)
-{
-    return s->max == -INFINITY ? 0.0 : exp(s->shift - m) * s->scale;
-}
-
 /* ---- the exact merge ----------------------------------------------------- */
 
 /* A sum kept as an unevaluated pair hi + lo with |lo| <= ulp(hi) / 2: its
@@ -538,7 +433,11 @@ static double frame_factor(double from, double k_from, double to, double k_to)
     if (from == -INFINITY) return 0.0;
     if (isnan(k_from) || isnan(k_to)) return exp(from - to);
     const double d = k_from - k_to;
-    return d < -2200.0 ? 0.0 : ldexp(1.0, (int)d);
+    if (d < -1022.0) return d < -1100.0 ? 0.0 : ldexp(1.0, (int)d);
+    const uint64_t bits = (uint64_t)(1023 + (int64_t)d) << 52;
+    double f;
+    memcpy(&f, &bits, sizeof f);
+    return f;
 }
 
 /* e.sum += value, measured from exp(frame). */
@@ -568,22 +467,32 @@ static void exact_add_linear(ce_exact *e, double max, ce_dd lin, ce_dd asum, ce_
     dd_add_dd(&e->ashift, ashift);
 }
 
+/* Sets the frame of chunk stats st and its sum of exponentials from it. */
+static void chunk_frame(ce_chunk_stats *st)
+{
+    if (!isfinite(st->max)) {
+        /* no exponential (but a NaN among -inf), or +inf: the row's sum
+         * means nothing (see merge_row) */
+        st->frame = -INFINITY;
+        st->k = 0.0;
+        st->framed = st->max == -INFINITY && isnan(st->sumexp) ? NAN : 0.0;
+        return;
+    }
+    frame_of(st->max, &st->frame, &st->k);
+    st->framed = st->sumexp * st->scale * exp(st->shift - st->frame);
+}
+
 /* Chunk stats st into e. */
 static void exact_add_chunk(ce_exact *e, const ce_chunk_stats *st)
 {
-    ce_dd ashift = {0.0, 0.0};
-    if (st->asum != 0.0) dd_add_product(&ashift, st->asum, st->shift);
-    exact_add_linear(e, st->max, (ce_dd){st->lin, 0.0}, (ce_dd){st->asum, 0.0}, ashift);
-    if (st->max == INFINITY) return; /* the row's sum means nothing: see merge_row */
-    if (st->max == -INFINITY) {
-        /* no exponential, but a NaN among -inf */
-        if (isnan(st->sumexp)) exact_add_sum(e, (ce_dd){NAN, 0.0}, -INFINITY, 0.0);
-        return;
+    if (st->lin != 0.0 || st->asum != 0.0) {
+        ce_dd ashift = {0.0, 0.0};
+        if (st->asum != 0.0) dd_add_product(&ashift, st->asum, st->shift);
+        exact_add_linear(e, st->max, (ce_dd){st->lin, 0.0}, (ce_dd){st->asum, 0.0}, ashift);
+    } else {
+        e->max = st->max > e->max ? st->max : e->max;
     }
-    double frame, k;
-    frame_of(st->max, &frame, &k);
-    const double t = st->sumexp * st->scale * exp(st->shift - frame);
-    exact_add_sum(e, (ce_dd){t, 0.0}, frame, k);
+    exact_add_sum(e, (ce_dd){st->framed, 0.0}, st->frame, st->k);
 }
 
 /* Merged statistics e into mg: sums measured from the maximum. */
@@ -627,11 +536,120 @@ static void exact_add_shard(ce_exact *e, const ce_row_stats *rs)
         exact_add_sum(e, (ce_dd){rs->sum_hi, rs->sum_lo}, rs->frame, rs->frame_exp2);
 }
 
+/* ---- sweep 1 ------------------------------------------------------------ */
+
+/* Elements at the start of a chunk whose maximum is the reference shift
+ * offered to the chunk (ce_chunk_opts.ref): taken from the chunk itself, so
+ * that a chunk's statistics depend on its own elements only, and a shard of
+ * the vocabulary cut at chunk boundaries sees the same chunks as the whole
+ * row. */
+#define CE_REF_BLOCK 64
+
+/* Below this, a chunk's sum of exponentials relative to its own maximum is
+ * taken again exactly (see chunk_sumexp_exact): the sum of a row is at
+ * least the sum of the chunk holding its maximum, and log(sum) < 0.118,
+ * where an absolute error of 1e-7 would exceed 1e-6 of it. */
+#define CE_EXACT_SUM_BELOW 1.125
+
+/* The reference shift offered to a chunk of n elements at x: the largest
+ * of its first CE_REF_BLOCK; -inf without one pass. */
+static double chunk_reference(const ce_plan *pl, const char *x, int64_t n)
+{
+    if (!pl->one_pass) return -INFINITY;
+    return pl->leaf->max(x, n < CE_REF_BLOCK ? n : CE_REF_BLOCK, pl->opts.softcap);
+}
+
+/* The chunk's sum of exponentials, as sweep 1 computed them, re-added
+ * without rounding in the compute type when the chunk is dominated by its
+ * maximum: sweep 1 adds a few exponentials per lane in float before
+ * widening, and next to the maximum's exp(0) = 1 each such addition loses
+ * up to 6e-8, which is most of log(sum) when the sum is barely above 1 (a
+ * confident row, whose loss is small). Other chunks' rounding is relative
+ * to their own, smaller, share of the row. The exponentials re-added are
+ * the ones sweep 1 computed (stored at e, or recomputed from the logits
+ * with the same shift), so that a loss does not depend on whether a
+ * gradient was asked. */
+static void chunk_sumexp_exact(const ce_plan *pl, const char *x, const char *e, int64_t n,
+                               const ce_chunk_opts *opts, ce_chunk_stats *st)
+{
+    /* framed <= the sum from max < 2 framed, as frame - max < ln 2 */
+    if (!isfinite(st->max) || !(st->framed < CE_EXACT_SUM_BELOW)) return;
+    if (!(st->framed * exp(st->frame - st->max) < CE_EXACT_SUM_BELOW)) return;
+    st->sumexp = pl->leaf->exact_sumexp(e ? e : x, n, e != NULL, st->shift, opts);
+    chunk_frame(st);
+}
+
+/* Stats of chunk c of row r. Reads the target's logit first if the chunk
+ * holds it, because storing exponentials may overwrite it (in place). */
+static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c, ce_chunk_stats *st,
+                         double *target_logit)
+{
+    const ce_problem *p = pl->p;
+    const int64_t j0 = c * CE_CHUNK, n = chunk_len(pl, c);
+    const char *x = row_of(p->x, r, p->x_stride, pl->esize) + (size_t)j0 * pl->esize;
+    if (p->target) {
+        const int64_t t = p->target[r] - p->vocab_start - j0;
+        if (t >= 0 && t < n) *target_logit = capped(pl, load_as_double(x, t, p->dtype));
+    }
+    char *e = NULL;
+    if (pl->store_exp)
+        e = (char *)row_of(p->out, r, p->out_stride, pl->esize) + (size_t)j0 * pl->esize;
+    ce_chunk_opts opts = chunk_opts(pl, r, c);
+    opts.ref = chunk_reference(pl, x, n);
+    pl->leaf->stats(x, n, e, &opts, st);
+    chunk_frame(st);
+    chunk_sumexp_exact(pl, x, e, n, &opts, st);
+}
+
+/* ---- merge -------------------------------------------------------------- */
+
+/* First index of the row maximum (the first NaN if the row has one, as
+ * numpy.argmax), found in the first chunk that holds it. With soft-capping
+ * m is capped: the chunks' own maxima are then taken again uncapped, so
+ * that the answer is the argmax of the logits (the cap keeps their order,
+ * up to the ties its rounding makes). */
+static int64_t row_argmax(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, double m,
+                          int has_nan)
+{
+    const ce_problem *p = pl->p;
+    const char *x = row_of(p->x, r, p->x_stride, pl->esize);
+    if (has_nan) {
+        for (int64_t j = 0; j < p->n_cols; ++j)
+            if (isnan(load_as_double(x, j, p->dtype))) return j;
+    }
+    int64_t best = -1;
+    if (pl->opts.softcap > 0.0) {
+        for (int64_t c = 0; c < pl->n_chunks; ++c) {
+            const double raw = pl->leaf->max(x + (size_t)(c * CE_CHUNK) * pl->esize,
+                                             chunk_len(pl, c), 0.0);
+            if (best < 0 || raw > m) {
+                m = raw;
+                best = c;
+            }
+        }
+    } else {
+        for (best = 0; best < pl->n_chunks - 1 && st[best].max != m; ++best) continue;
+    }
+    const int64_t j0 = best * CE_CHUNK, n = chunk_len(pl, best);
+    for (int64_t j = j0; j < j0 + n; ++j)
+        if (load_as_double(x, j, p->dtype) == m) return j;
+    return 0;
+}
+
+/* exp(shift - m) * scale: what a chunk's exponentials are worth against
+ * the row maximum m; 0 for a chunk of -inf only (whose sums are 0, or
+ * NaN). */
+static double chunk_weight(const ce_chunk_stats *s, double m)
+{
+    return s->max == -INFINITY ? 0.0 : exp(s->shift - m) * s->scale;
+}
+
 /* The merge of a row's chunk stats st[0:n], in order, into mg (and into
  * exact, when not NULL). The entropy term, which token statistics alone
  * ask for, is merged directly from the row maximum. The sum of
  * exponentials means nothing when the maximum is +inf: the callers set it. */
-static void merge_parts(const ce_chunk_stats *st, int64_t n, ce_merged *mg, ce_exact *exact)
+static void merge_parts(const ce_chunk_stats *st, int64_t n, int with_entropy, ce_merged *mg,
+                        ce_exact *exact)
 {
     ce_exact e;
     exact_init(&e);
@@ -639,7 +657,7 @@ static void merge_parts(const ce_chunk_stats *st, int64_t n, ce_merged *mg, ce_e
     exact_finish(&e, mg);
     if (exact) *exact = e;
     double ent = 0.0;
-    for (int64_t c = 0; c < n; ++c) {
+    for (int64_t c = 0; with_entropy && c < n; ++c) {
         const double rel = chunk_weight(&st[c], mg->max);
         if (rel != 0.0) ent += rel * (st[c].ent + (mg->max - st[c].shift) * st[c].sumexp);
     }
@@ -660,7 +678,7 @@ static int row_has_nan(const ce_plan *pl, int64_t r)
 static int merge_row(const ce_plan *pl, int64_t r, const ce_chunk_stats *st, ce_merged *mg,
                      ce_exact *exact)
 {
-    merge_parts(st, pl->n_chunks, mg, exact);
+    merge_parts(st, pl->n_chunks, pl->opts.entropy, mg, exact);
     if (mg->max != INFINITY) return 0;
     /* exp(x - inf) means nothing: a row holding +inf has log-sum-exp +inf
      * (NaN if it also holds a NaN), as in NumPy and SciPy. */

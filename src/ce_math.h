@@ -16,8 +16,8 @@
  *
  * Domain: the kernels evaluate exp(x - shift), where the shift is the
  * chunk's maximum or, in one-pass sums, a reference at most
- * CE_REF_HEADROOM (2) below the elements measured from it, so inputs lie
- * in (-inf, 2] (or NaN). Results below the smallest normal number are
+ * CE_REF_HEADROOM (4) below the elements measured from it, so inputs lie
+ * in (-inf, 4] (or NaN). Results below the smallest normal number are
  * flushed to exactly 0 (for float their true size is below 1.2e-38); -inf
  * gives 0; NaN gives NaN. Inputs above 88.37 (float) / 709.43 (double) are
  * outside the domain. The maximum error over [-87.33, 4] is measured by
