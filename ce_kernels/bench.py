@@ -39,7 +39,8 @@ contender did not run. The ratios:
 then what :func:`ce_kernels._bench_eval.bench_eval_file` returns: ``bytes``,
 ``shape``, ``chunk_rows``, and for ``page_cache`` and ``cold`` the
 ``times``, ``gbps`` of each contender, the ``read floor`` contender and the
-ratios ``eval / read floor`` and ``eval / read floor, paired median``.
+ratios ``eval / read floor``, ``eval / read floor, paired median`` and
+``eval / read, memory-mapped``.
 """
 from __future__ import annotations
 

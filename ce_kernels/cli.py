@@ -167,8 +167,8 @@ def _add_sharded_eval_arguments(ev: argparse.ArgumentParser) -> None:
 def _add_eval_benchmark_arguments(ev: argparse.ArgumentParser) -> None:
     _add_group(ev, "timing the scoring",
                "--benchmark times the scoring of LOGITS against one thread reading the same "
-               "file (readinto a reused buffer of 1 MiB and of the chunk size, the faster is "
-               "the floor), round by round, from the page cache and cold (the file dropped "
+               "file (readinto a reused buffer of 1 MiB and of the chunk size, the faster "
+               "is the floor; and through a memory map, the scoring's own input path), round by round, from the page cache and cold (the file dropped "
                "from the page cache before each run), and prints GB/s and the ratios instead "
                "of the scores.", [
                    ("--benchmark", dict(action="store_true",
