@@ -4,6 +4,43 @@ Every figure is measured in the same run on the same array: the minimum
 (and median) of repeated calls. The floors come from the package's own C
 (a multithreaded read, and a copy into a reused buffer), so anyone can
 reproduce the comparison.
+
+``ce-kernels bench --json`` prints one object: ``machine``, ``build``,
+``results`` (one entry per shape) and ``eval``. Each entry of ``results``
+holds ``n``, ``v``, ``threads``, ``bytes`` (of the float32 logits),
+``times`` (per contender: ``min``, ``median``, ``runs``, ``times`` in
+seconds), ``ratios`` (of minima) and ``paired_ratios`` (medians over rounds
+of the ratio within a round), both keyed as :func:`derived_ratios` names
+them, and ``family`` (the rest of the family, with its own ``ratios``).
+Ratios are time over time ("forward / read floor": 1.0 is at the floor),
+except the "speedup" ones (their time over ours), and are null when a
+contender did not run. The ratios:
+
+- against the floors: ``forward / read floor``, ``forward / read floor,
+  from memory`` (cache-sized logits cycled through copies that exceed the
+  caches), ``fwd+bwd in place / in-place floor`` (one read and one write),
+  ``fwd+bwd in place / read floor``, ``fwd+bwd out=buf / copy floor``;
+- half precision, against the floors of 2-byte data measured on the same
+  bytes: ``float16 forward / half read floor``, ``bfloat16 forward / half
+  read floor``, ``bfloat16 fwd+bwd in place / half in-place floor``
+  (``cross_entropy_with_grad(x, t, out=x)``), and ``float16 forward /
+  float32 forward``, ``bfloat16 forward / float32 forward``;
+- few rows: ``forward / exp alone, in cache`` (logits that fit in the
+  caches, against the kernels' own exponential over as many elements, on
+  one thread);
+- against PyTorch: ``forward speedup vs torch``, ``fwd+bwd speedup vs
+  torch``, ``bfloat16 forward speedup vs torch bfloat16``, ``bfloat16
+  fwd+bwd speedup vs torch bfloat16`` (``F.cross_entropy`` on bfloat16
+  tensors), ``ce_kernels.torch fwd+bwd speedup vs torch``;
+- against NumPy: ``forward speedup vs numpy``, ``fwd+bwd speedup vs numpy``;
+- ``token_stats / forward``.
+
+``eval`` is null unless ``--eval-gb`` asked for the scoring of a file; it is
+then what :func:`ce_kernels._bench_eval.bench_eval_file` returns: ``bytes``,
+``shape``, ``chunk_rows``, and for ``page_cache`` and ``cold`` the
+``times``, ``gbps`` of each contender, the ``read floor`` contender and the
+ratios ``eval / read floor``, ``eval / read floor, paired median`` and
+``eval / read, memory-mapped``.
 """
 from __future__ import annotations
 
@@ -161,6 +198,55 @@ def _cold_contenders(logits: np.ndarray, target: np.ndarray, buf: np.ndarray,
     }
 
 
+def _as_words(half: np.ndarray) -> np.ndarray:
+    """The bytes of a contiguous 2-byte array as float32 words, for the
+    floors, which only read and write bytes (an odd last element is left
+    out)."""
+    flat = half.reshape(-1)
+    return flat[:flat.size - flat.size % 2].view(np.float32)
+
+
+def _half_floors(half: np.ndarray, threads: int) -> Dict[str, Timed]:
+    """The read floor of 2-byte logits (each byte read once) and their
+    in-place floor (each byte read and written once, in a scratch copy)."""
+    words = _as_words(half)
+    scratch = words.copy()
+    return {"half read floor": (lambda: _core.floor_read(words, threads), None),
+            "half in-place floor": (lambda: _core.floor_update(scratch, 1.0, threads), None)}
+
+
+def _copy_half(src: np.ndarray, dst: np.ndarray, threads: int) -> None:
+    _core.floor_copy(_as_words(src), _as_words(dst), threads)
+    if src.size % 2:
+        dst.reshape(-1)[-1] = src.reshape(-1)[-1]
+
+
+def _half_in_place(half: np.ndarray, target: np.ndarray, threads: int) -> Dict[str, Timed]:
+    """Loss and gradient written over the logits themselves, restored from
+    ``half`` untimed before each call."""
+    work = np.empty_like(half)
+    return {f"ours fwd+bwd {half.dtype.name} (in place)": (
+        lambda: cross_entropy_with_grad(work, target, out=work, num_threads=threads),
+        lambda: _copy_half(half, work, threads))}
+
+
+def _torch_cross_entropy(torch, tx, tt, suffix: str = "") -> Dict[str, Timed]:
+    """PyTorch's cross-entropy on the tensor ``tx``: forward, and forward
+    with the backward pass (on a leaf copy), named with ``suffix``."""
+    F = torch.nn.functional
+    leaf = tx.clone().requires_grad_(True)
+
+    def forward():
+        with torch.no_grad():
+            F.cross_entropy(tx, tt)
+
+    def fwd_bwd():
+        leaf.grad = None
+        F.cross_entropy(leaf, tt).backward()
+
+    return {f"torch forward{suffix}": (forward, None), f"torch fwd+bwd{suffix}": (fwd_bwd, None)}
+
+
 def bench_shape(n: int, v: int, threads: int, repeat: int, with_numpy: bool = True,
                 with_torch: bool = True, seed: int = 0) -> Dict[str, object]:
     """Time every contender on one float32 (n, v) problem, interleaved."""
@@ -181,15 +267,20 @@ def bench_shape(n: int, v: int, threads: int, repeat: int, with_numpy: bool = Tr
         lambda: cross_entropy_with_grad(work, target, out=work, num_threads=threads),
         lambda: _core.floor_copy(logits, work, threads))
     c["ours token_stats"] = (lambda: token_stats(logits, target, num_threads=threads), None)
-    for name, half in _half_dtypes():
-        half_logits = logits.astype(half)
+    halves = {name: logits.astype(half) for name, half in _half_dtypes()}
+    for name, half_logits in halves.items():
         half_buf = np.empty_like(half_logits)
         c[f"ours forward {name}"] = (
             lambda h=half_logits: cross_entropy(h, target, num_threads=threads), None)
         c[f"ours fwd+bwd {name} (out=buf)"] = (
             lambda h=half_logits, hb=half_buf: cross_entropy_with_grad(h, target, out=hb,
                                                                        num_threads=threads), None)
+    c.update(_half_floors(halves["float16"], threads))
+    if "bfloat16" in halves:
+        c.update(_half_in_place(halves["bfloat16"], target, threads))
     cold = logits.nbytes < COLD_BYTES
+    if cold:
+        c["exp alone (one thread)"] = (lambda: _core.exp_array(logits, buf), None)
 
     if with_numpy:
         c["numpy forward"] = (lambda: numpy_cross_entropy(logits, target), None)
@@ -202,25 +293,16 @@ def bench_shape(n: int, v: int, threads: int, repeat: int, with_numpy: bool = Tr
         torch.set_num_threads(threads)
         tx = torch.from_numpy(logits)
         tt = torch.from_numpy(target)
-        F = torch.nn.functional
         leaf = tx.clone().requires_grad_(True)
         from . import torch as ck_torch  # the adapter, on the same tensors
-
-        def torch_forward():
-            with torch.no_grad():
-                F.cross_entropy(tx, tt)
-
-        def torch_fwd_bwd():
-            leaf.grad = None
-            F.cross_entropy(leaf, tt).backward()
 
         def adapter_fwd_bwd():
             leaf.grad = None
             ck_torch.cross_entropy(leaf, tt).backward()
 
-        c["torch forward"] = (torch_forward, None)
-        c["torch fwd+bwd"] = (torch_fwd_bwd, None)
+        c.update(_torch_cross_entropy(torch, tx, tt))
         c["ce_kernels.torch fwd+bwd"] = (adapter_fwd_bwd, None)
+        c.update(_torch_cross_entropy(torch, tx.to(torch.bfloat16), tt, " bfloat16"))
     if cold:
         # Cache-sized logits: each timed call follows an untimed one on the
         # same data (so it finds them in cache, as right after they were
@@ -253,29 +335,41 @@ def _paired_ratio(a: Optional[Dict[str, object]],
     return statistics.median(x / y for x, y in zip(a["times"], b["times"]))
 
 
+# (name, contender timed, contender it is divided by) of each ratio the
+# targets are stated in; a "speedup" divides the other's time by ours.
+RATIOS: Tuple[Tuple[str, str, str], ...] = (
+    ("forward / read floor", "ours forward", "read floor"),
+    ("forward / read floor, from memory", "ours forward (from memory)",
+     "read floor (from memory)"),
+    ("float16 forward / half read floor", "ours forward float16", "half read floor"),
+    ("bfloat16 forward / half read floor", "ours forward bfloat16", "half read floor"),
+    ("bfloat16 fwd+bwd in place / half in-place floor", "ours fwd+bwd bfloat16 (in place)",
+     "half in-place floor"),
+    ("forward / exp alone, in cache", "ours forward", "exp alone (one thread)"),
+    ("float16 forward / float32 forward", "ours forward float16", "ours forward"),
+    ("bfloat16 forward / float32 forward", "ours forward bfloat16", "ours forward"),
+    ("token_stats / forward", "ours token_stats", "ours forward"),
+    ("fwd+bwd in place / read floor", "ours fwd+bwd (in place)", "read floor"),
+    ("fwd+bwd in place / in-place floor", "ours fwd+bwd (in place)", "in-place floor"),
+    ("fwd+bwd out=buf / copy floor", "ours fwd+bwd (out=buf)", "copy floor"),
+    ("forward speedup vs numpy", "numpy forward", "ours forward"),
+    ("forward speedup vs torch", "torch forward", "ours forward"),
+    ("fwd+bwd speedup vs numpy", "numpy fwd+bwd", "ours fwd+bwd (out=buf)"),
+    ("fwd+bwd speedup vs torch", "torch fwd+bwd", "ours fwd+bwd (out=buf)"),
+    ("ce_kernels.torch fwd+bwd speedup vs torch", "torch fwd+bwd", "ce_kernels.torch fwd+bwd"),
+    ("bfloat16 forward speedup vs torch bfloat16", "torch forward bfloat16",
+     "ours forward bfloat16"),
+    ("bfloat16 fwd+bwd speedup vs torch bfloat16", "torch fwd+bwd bfloat16",
+     "ours fwd+bwd bfloat16 (out=buf)"),
+)
+
+
 def derived_ratios(shape_result: Dict[str, object],
                    ratio: Callable[..., Optional[float]] = _ratio) -> Dict[str, Optional[float]]:
     """The figures the targets are stated in: ratios of minima by default,
     or of any other statistic given as ``ratio``."""
-    t = shape_result["times"]
-    get = t.get
-    return {
-        "forward / read floor": ratio(get("ours forward"), get("read floor")),
-        "forward / read floor, from memory": ratio(get("ours forward (from memory)"),
-                                                   get("read floor (from memory)")),
-        "float16 forward / float32 forward": ratio(get("ours forward float16"), get("ours forward")),
-        "bfloat16 forward / float32 forward": ratio(get("ours forward bfloat16"), get("ours forward")),
-        "token_stats / forward": ratio(get("ours token_stats"), get("ours forward")),
-        "fwd+bwd in place / read floor": ratio(get("ours fwd+bwd (in place)"), get("read floor")),
-        "fwd+bwd in place / in-place floor": ratio(get("ours fwd+bwd (in place)"), get("in-place floor")),
-        "fwd+bwd out=buf / copy floor": ratio(get("ours fwd+bwd (out=buf)"), get("copy floor")),
-        "forward speedup vs numpy": ratio(get("numpy forward"), get("ours forward")),
-        "forward speedup vs torch": ratio(get("torch forward"), get("ours forward")),
-        "fwd+bwd speedup vs numpy": ratio(get("numpy fwd+bwd"), get("ours fwd+bwd (out=buf)")),
-        "fwd+bwd speedup vs torch": ratio(get("torch fwd+bwd"), get("ours fwd+bwd (out=buf)")),
-        "ce_kernels.torch fwd+bwd speedup vs torch": ratio(get("torch fwd+bwd"),
-                                                           get("ce_kernels.torch fwd+bwd")),
-    }
+    get = shape_result["times"].get
+    return {name: ratio(get(timed), get(base)) for name, timed, base in RATIOS}
 
 
 def format_table(shape_result: Dict[str, object]) -> str:
@@ -290,19 +384,22 @@ def format_table(shape_result: Dict[str, object]) -> str:
         gbps = nbytes / t["min"] / 1e9
         lines.append(f"  {name:36s} {t['min'] * 1e3:10.3f} {t['median'] * 1e3:10.3f} "
                      f"{gbps:10.1f} {t['min'] / floors['from memory' in name]:13.2f}")
-    lines.append(f"  {'':42s} {'of minima':>10s} {'paired median':>14s}")
+    lines.append(f"  {'':48s} {'of minima':>10s} {'paired median':>14s}")
     paired = derived_ratios(shape_result, _paired_ratio)
     for name, value in derived_ratios(shape_result).items():
         if value is not None:
             unit = "x" if "speedup" in name else " "
-            lines.append(f"  {name:42s} {value:9.2f}{unit} {paired[name]:13.2f}{unit}")
+            lines.append(f"  {name:48s} {value:9.2f}{unit} {paired[name]:13.2f}{unit}")
     return "\n".join(lines)
 
 
 def run(shapes: Sequence[Tuple[int, int]] = DEFAULT_SHAPES, threads: Optional[int] = None,
         repeat: int = 7, with_numpy: bool = True, with_torch: bool = True,
-        as_json: bool = False, out=None) -> List[Dict[str, object]]:
-    """Run the benchmark over ``shapes`` and print a table per shape (or JSON)."""
+        as_json: bool = False, out=None, eval_gb: Optional[float] = None,
+        eval_dir: Optional[str] = None) -> List[Dict[str, object]]:
+    """Run the benchmark over ``shapes`` and print a table per shape (or JSON);
+    with ``eval_gb``, also time the scoring of a file of that many GB
+    written in ``eval_dir`` (:func:`ce_kernels._bench_eval.bench_eval_synthetic`)."""
     import sys
     out = out or sys.stdout
     threads = threads or get_num_threads()
@@ -323,8 +420,16 @@ def run(shapes: Sequence[Tuple[int, int]] = DEFAULT_SHAPES, threads: Optional[in
             print(format_table(r), file=out)
             print(format_family_table(r["family"]), file=out)
             print(file=out, flush=True)
+    evaluated = None
+    if eval_gb is not None:
+        from ._bench_eval import bench_eval_synthetic, format_eval
+        evaluated = bench_eval_synthetic(eval_gb, threads=threads, repeat=repeat,
+                                         directory=eval_dir)
+        if not as_json:
+            print(format_eval(evaluated), file=out, flush=True)
     if as_json:
-        doc = {"machine": machine_line(threads), "build": build_info(), "results": results}
+        doc = {"machine": machine_line(threads), "build": build_info(), "results": results,
+               "eval": evaluated}
         print(json.dumps(doc, indent=2), file=out)
     return results
 

@@ -30,6 +30,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
+    return value
+
+
 def int64(text: str) -> int:
     try:
         value = int(text)
@@ -130,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="write the NLL of every scored position (float32, NaN where ignored)")
     ev.add_argument("--json", action="store_true", help="print the results as one JSON object")
     _add_sharded_eval_arguments(ev)
+    _add_eval_benchmark_arguments(ev)
     _add_merge_parser(sub)
     return parser
 
@@ -151,6 +162,21 @@ def _add_sharded_eval_arguments(ev: argparse.ArgumentParser) -> None:
     ev.add_argument("--block-rows", type=positive_int, default=None, metavar="K",
                     help="with --dask or --workers: positions per task (default: about 256 MB "
                          "of logits)")
+
+
+def _add_eval_benchmark_arguments(ev: argparse.ArgumentParser) -> None:
+    _add_group(ev, "timing the scoring",
+               "--benchmark times the scoring of LOGITS against one thread reading the same "
+               "file (readinto a reused buffer of 1 MiB and of the chunk size, the faster "
+               "is the floor; and through a memory map, the scoring's own input path), round by round, from the page cache and cold (the file dropped "
+               "from the page cache before each run), and prints GB/s and the ratios instead "
+               "of the scores.", [
+                   ("--benchmark", dict(action="store_true",
+                                        help="time the scoring against a read of the file")),
+                   ("--repeat", dict(type=positive_int, default=3, metavar="K",
+                                     help="with --benchmark: timed runs of each (default 3)")),
+                   ("--no-cold", dict(action="store_true",
+                                      help="with --benchmark: only from the page cache"))])
 
 
 def _add_merge_parser(sub) -> None:
@@ -189,6 +215,16 @@ def _add_linear_bench_arguments(bench: argparse.ArgumentParser) -> None:
                                                 "about 20 GB)")),
                    ("--no-memory", dict(action="store_true",
                                         help="skip the peak-memory runs"))])
+    _add_group(bench, "scoring a file",
+               "--eval-gb writes a float32 logits file of about that size (rows of 32000) to "
+               "a temporary directory and times 'ce-kernels eval' on it against one thread "
+               "reading the same file, from the page cache and cold; off by default.", [
+                   ("--eval-gb", dict(type=positive_float, default=None, metavar="GB",
+                                      help="size of the file to score (2 matches the "
+                                           "performance targets)")),
+                   ("--eval-dir", dict(default=None, metavar="DIR",
+                                       help="where to write it (default: the system's "
+                                            "temporary directory)"))])
 
 
 def _add_hidden_arguments(ev: argparse.ArgumentParser) -> None:
@@ -238,10 +274,29 @@ def _evaluate_with_dask(args) -> dict:
                          block_rows=args.block_rows)
 
 
+def _benchmark_eval(args) -> dict:
+    from . import _bench_eval
+    from .evaluate import EvalError
+
+    for flag, value in (("--per-token", args.per_token), ("--rows", args.rows),
+                        ("--partial", args.partial), ("--hidden", args.hidden),
+                        ("--dask", args.dask), ("--workers", args.workers)):
+        if value is not None:
+            raise EvalError(f"--benchmark times scoring LOGITS whole; it cannot be combined "
+                            f"with {flag}")
+    if args.shift or args.targets is None:
+        raise EvalError("--benchmark takes LOGITS and TARGETS, without --shift")
+    return _bench_eval.bench_eval_file(args.logits, args.targets, threads=args.threads,
+                                       chunk_rows=args.chunk_rows, repeat=args.repeat,
+                                       cold=not args.no_cold)
+
+
 def run_eval(args) -> int:
     from .evaluate import EvalError
 
     try:
+        if args.benchmark:
+            return _print_eval_benchmark(_benchmark_eval(args), args.json)
         if args.dask is not None or args.workers is not None:
             result = _evaluate_with_dask(args)
         else:
@@ -261,6 +316,15 @@ def run_eval(args) -> int:
         print("ce-kernels eval: interrupted", file=sys.stderr)
         return 130
     _print_summary(result, args.json, args.per_token)
+    return 0
+
+
+def _print_eval_benchmark(result: dict, as_json: bool) -> int:
+    import json
+
+    from ._bench_eval import format_eval
+
+    print(json.dumps(result) if as_json else format_eval(result))
     return 0
 
 
@@ -352,7 +416,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shapes: List[Tuple[int, int]] = args.shapes or list(
             bench.QUICK_SHAPES if args.quick else bench.DEFAULT_SHAPES)
         bench.run(shapes, threads=args.threads, repeat=args.repeat,
-                  with_numpy=not args.no_numpy, with_torch=not args.no_torch, as_json=args.json)
+                  with_numpy=not args.no_numpy, with_torch=not args.no_torch, as_json=args.json,
+                  eval_gb=args.eval_gb, eval_dir=args.eval_dir)
         if args.vocab_parallel:
             _bench_vocab_parallel(bench, shapes, args)
         if args.plot:
