@@ -87,7 +87,7 @@ def test_bench_json_reports_the_half_precision_few_row_and_eval_ratios(tmp_path)
         assert doc["results"][0]["paired_ratios"][name] > 0, name
     times = doc["results"][0]["times"]
     for name in ["half read floor", "half in-place floor", "ours fwd+bwd bfloat16 (in place)",
-                 "exp alone (one thread)"]:
+                 "exp alone (one thread)", "ours forward (one thread)"]:
         assert times[name]["min"] > 0, name
     _check_eval_benchmark(doc["eval"], rows=-(-2_000_000 // (4 * 32000)), vocab=32000)
     assert list(tmp_path.iterdir()) == []          # the file it scored is gone
