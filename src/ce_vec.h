@@ -462,21 +462,19 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_neg_d)(CE_V(vd) a)
     return CE_V(select_d)(t < lo, CE_V(exp_d)(t + 40.0) * 4.24835425529158900e-18, e);
 }
 
-/* (1 - y) sigmoid(x) - pw y sigmoid(-x), each term skipped where its
- * factor is 0, in double, given e = exp(-|x|) and r = 1 / (1 + e): the
- * two terms cancel where sigmoid(x) is near y, and double keeps the
- * difference exact to float's precision. */
+/* (1 - y) sigmoid(x) - pw y sigmoid(-x) in double, given e = exp(-|x|)
+ * and r = 1 / (1 + e): sigmoid(|x|) = r and sigmoid(-|x|) = e r, so it is
+ * n r with n = (1 - y) - pw y e for x >= 0 and (1 - y) e - pw y below.
+ * The two terms of n cancel where sigmoid(x) is near y; formed in double
+ * from a double e, the difference keeps float's precision until they
+ * agree to about 2^-28. */
 CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_of)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw, CE_V(vd) e,
                                           CE_V(vd) r)
 {
-    const CE_V(vd) zero = (CE_V(vd)){0};
     const CE_V(vi64) negative = x < 0.0;
-    const CE_V(vd) er = e * r;                       /* sigmoid(-|x|); r = sigmoid(|x|) */
-    const CE_V(vd) pos = pw * y, neg = 1.0 - y;
-    const CE_V(vd) s_plus = CE_V(select_d)(negative, er, r);
-    const CE_V(vd) s_minus = CE_V(select_d)(negative, r, er);
-    return CE_V(select_d)(neg != 0.0, neg * s_plus, zero) -
-           CE_V(select_d)(pos != 0.0, pos * s_minus, zero);
+    const CE_V(vd) one = (CE_V(vd)){0} + 1.0;
+    const CE_V(vd) a = CE_V(select_d)(negative, e, one), b = CE_V(select_d)(negative, one, e);
+    return ((1.0 - y) * a - (pw * y) * b) * r;
 }
 
 CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
@@ -485,17 +483,21 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
     return CE_V(bce_dx_of)(x, y, pw, e, 1.0 / (1.0 + e));
 }
 
-/* The same for float lanes, computed in double; 1 / (1 + e) as a float
- * quotient (one division for all lanes) refined by a Newton step in
- * double, which leaves a relative error of about 2^-46. */
+/* The same for float lanes, computed in double (whose exp needs no care
+ * for float's gradual underflow: below 2^-1022 both round to 0).
+ * 1 / (1 + e) is a float quotient
+ * (one division for all lanes) refined by a Newton step in double, which
+ * leaves a relative error of about 2^-46. */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(bce_dx_f)(CE_V(vf) x, CE_V(vf) y, CE_V(vf) pw)
 {
-    CE_V(vd) x_lo, x_hi, y_lo, y_hi, pw_lo, pw_hi, r_lo, r_hi;
+    CE_V(vd) x_lo, x_hi, y_lo, y_hi, pw_lo, pw_hi, t_lo, t_hi, r_lo, r_hi;
     CE_V(widen_f)(x, &x_lo, &x_hi);
     CE_V(widen_f)(y, &y_lo, &y_hi);
     CE_V(widen_f)(pw, &pw_lo, &pw_hi);
-    const CE_V(vd) e_lo = CE_V(exp_neg_d)(CE_V(select_d)(x_lo < 0.0, -x_lo, x_lo));
-    const CE_V(vd) e_hi = CE_V(exp_neg_d)(CE_V(select_d)(x_hi < 0.0, -x_hi, x_hi));
+    /* -|x|: the sign bit set */
+    CE_V(widen_f)((CE_V(vf))((CE_V(vi32))x | (CE_V(vi32))((CE_V(vu32)){0} + 0x80000000u)),
+                  &t_lo, &t_hi);
+    const CE_V(vd) e_lo = CE_V(exp_d)(t_lo), e_hi = CE_V(exp_d)(t_hi);
     const CE_V(vd) d_lo = 1.0 + e_lo, d_hi = 1.0 + e_hi;
     CE_V(widen_f)(1.0f / CE_V(narrow_d)(d_lo, d_hi), &r_lo, &r_hi);
     r_lo = r_lo * (2.0 - d_lo * r_lo);
