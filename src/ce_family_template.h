@@ -4,8 +4,8 @@
  * log-sigmoid), written once and expanded per element type and instruction
  * set by ce_leaf_types.h (the macros are described there and in
  * ce_leaf_template.h; CE_VLOG / CE_VLOG1P are the compute type's
- * logarithms and CE_VLOAD_CT / CE_VSTORE_CT move whole vectors of the
- * compute type).
+ * logarithms, CE_VLOG1P_CORE log1p for the arguments exp(-|x|) in [0, 1],
+ * and CE_VLOAD_CT / CE_VSTORE_CT move whole vectors of the compute type).
  *
  * Everything is computed in the compute type's lanes (float for float32,
  * float16 and bfloat16; double for float64) with the vectorised exp and
@@ -145,7 +145,7 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(bce_logits)(CE_VT x, CE_VT y, CE_VT pw)
 {
     const CE_VT zero = (CE_VT){0};
     const CE_VIT negative = x < (CE_CT)0;
-    const CE_VT l = CE_VLOG1P(CE_NAME(exp_neg)(CE_SELECT(negative, -x, x)));
+    const CE_VT l = CE_VLOG1P_CORE(CE_NAME(exp_neg)(CE_SELECT(negative, -x, x)));
     const CE_VT pos = pw * y, neg = CE_NAME(splat)(1) - y;
     const CE_VT sp_plus = CE_SELECT(x > (CE_CT)0, x, zero) + l;    /* softplus(x)  */
     const CE_VT sp_minus = CE_SELECT(negative, -x, zero) + l;      /* softplus(-x) */
@@ -223,7 +223,7 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(sigmoid_body)(const CE_T *x, CE_T *out, 
         const CE_VT e = CE_NAME(exp_neg)(CE_SELECT(negative, -v, v));
         CE_VT r;
         if (log_form) {
-            r = CE_SELECT(negative, v, (CE_VT){0}) - CE_VLOG1P(e);
+            r = CE_SELECT(negative, v, (CE_VT){0}) - CE_VLOG1P_CORE(e);
         } else {
             const CE_VT s = one / (one + e);
             r = CE_SELECT(negative, e * s, s);

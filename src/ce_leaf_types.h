@@ -6,7 +6,8 @@
  * of its registers (ce_vec.h) and CE_LANES its float lanes, CE_F16_LOAD /
  * CE_F16_STORE / CE_BF16_LOAD as the half-precision conversions, CE_EXP_F32
  * as the float exponential (with CE_VEXP, CE_VLOG, CE_VLOG1P the compute
- * type's exponential and logarithms, CE_BCE_DX binary cross-entropy's
+ * type's exponential and logarithms, CE_VLOG1P_CORE log1p without its
+ * special values, for arguments in (-1, 1], CE_BCE_DX binary cross-entropy's
  * gradient), CE_MAX_F32 / CE_MAX_F64 as the lane maxima,
  * CE_ANY_ABOVE_F32 / CE_ANY_ABOVE_F64 as the lane tests and
  * CE_FMS_F32 / CE_FMS_F64 as the fused multiply-subtracts to use there.
@@ -28,6 +29,7 @@
 #define CE_VEXP CE_EXP_F32
 #define CE_VLOG CE_WIDE(log_f)
 #define CE_VLOG1P CE_WIDE(log1p_f)
+#define CE_VLOG1P_CORE CE_WIDE(log1p_core_f)
 #define CE_BCE_DX CE_WIDE(bce_dx_f)
 #define CE_VSTORE_CT CE_WIDE(store_f32)
 #define CE_SOFTCAP CE_WIDE(softcap_f)
@@ -77,6 +79,7 @@
 #undef CE_VEXP
 #undef CE_VLOG
 #undef CE_VLOG1P
+#undef CE_VLOG1P_CORE
 #undef CE_BCE_DX
 #undef CE_VSTORE_CT
 #undef CE_SOFTCAP
@@ -102,6 +105,7 @@
 #define CE_VEXP CE_WIDE(exp_d)
 #define CE_VLOG CE_WIDE(log_d)
 #define CE_VLOG1P CE_WIDE(log1p_d)
+#define CE_VLOG1P_CORE CE_WIDE(log1p_core_d)
 #define CE_BCE_DX CE_WIDE(bce_dx_d)
 #define CE_VSTORE_CT CE_WIDE(store_f64)
 #define CE_SOFTCAP CE_WIDE(softcap_d)
@@ -126,6 +130,7 @@
 #undef CE_VEXP
 #undef CE_VLOG
 #undef CE_VLOG1P
+#undef CE_VLOG1P_CORE
 #undef CE_BCE_DX
 #undef CE_VSTORE_CT
 #undef CE_SOFTCAP

@@ -155,23 +155,30 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_d)(CE_V(vd) x)
 
 /* ---- logarithms (method and accuracy: ce_math.h) ----------------------- */
 
-/* log(1 + f) for f in [sqrt(1/2) - 1, sqrt(2) - 1]: with s = f / (2 + f)
- * and z = s^2, log(1 + f) = 2 atanh(s) = 2s + s z P(z), P the atanh series
- * 2/3 + 2z/5 + ... (z <= 0.0295), and 2s = f - s f, so
- * log(1 + f) = f - s (f - z P(z)): f is exact and the correction, at most
- * a quarter of the result, carries the roundings. */
+/* log(1 + f) for f in [sqrt(1/2) - 1, sqrt(2) - 1], without a division
+ * (slow in vector units): f - f^2 / 2 + f^3 P(f), P a degree-8 fit of
+ * (log(1 + f) - f + f^2 / 2) / f^3 minimising the relative error of the
+ * result (0.02 float ulp with these float coefficients), evaluated as
+ * f + z (f P(f) - 1/2) with z = f^2: f is exact and the correction, at
+ * most a fifth of the result, carries the roundings. */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_reduced_f)(CE_V(vf) f)
 {
-    const CE_V(vf) s = f / (f + 2.0f);
-    const CE_V(vf) z = s * s;
-    /* Taylor terms to z^4: truncation below 2e-9 of the result */
-    CE_V(vf) p = z * (2.0f / 11.0f) + 2.0f / 9.0f;
-    p = p * z + 2.0f / 7.0f;
-    p = p * z + 2.0f / 5.0f;
-    p = p * z + 2.0f / 3.0f;
-    return f - s * (f - z * p);
+    const CE_V(vf) z = f * f;
+    CE_V(vf) p = f * 6.019159779e-02f - 1.128108576e-01f;
+    p = p * f + 1.199950427e-01f;
+    p = p * f - 1.247936040e-01f;
+    p = p * f + 1.421479434e-01f;
+    p = p * f - 1.666366756e-01f;
+    p = p * f + 2.000215203e-01f;
+    p = p * f - 2.500008643e-01f;
+    p = p * f + 3.333331347e-01f;
+    return f + z * (f * p - 0.5f);
 }
 
+/* The same for double, where the division stays: with s = f / (2 + f)
+ * and z = s^2, log(1 + f) = 2 atanh(s) = 2s + s z P(z), P the atanh
+ * series 2/3 + 2z/5 + ... (z <= 0.0295), and 2s = f - s f, so
+ * log(1 + f) = f - s (f - z P(z)). */
 CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_reduced_d)(CE_V(vd) f)
 {
     const CE_V(vd) s = f / (f + 2.0);
@@ -241,12 +248,12 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(log_d)(CE_V(vd) x)
     return CE_V(log_special_d)(x, r);
 }
 
-/* log(1 + e) for e in [-1, 1], accurate for small e, without a division:
- * u = 1 + e rounded and c = e - (u - 1) its rounding error (exact, as
- * |e| <= 1), so 1 + e = u + c = 2^k (m + c 2^-k) and
- * log(1 + e) = k ln2 + log(1 + (m - 1 + c 2^-k)). u = 0 (e = -1) gives
- * -inf; NaN stays NaN. */
-CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_f)(CE_V(vf) e)
+/* log(1 + e) for e in (-1, 1] or NaN, where no special value arises
+ * (NaN stays NaN), accurate for small e, without a division: u = 1 + e
+ * rounded and c = e - (u - 1) its rounding error (exact, as |e| <= 1), so
+ * 1 + e = u + c = 2^k (m + c 2^-k) and
+ * log(1 + e) = k ln2 + log(1 + (m - 1 + c 2^-k)). */
+CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_core_f)(CE_V(vf) e)
 {
     const CE_V(vf) u = e + 1.0f;
     const CE_V(vf) c = e - (u - 1.0f);
@@ -256,12 +263,11 @@ CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_f)(CE_V(vf) e)
     /* 2^-k, for the k of u in [2^-25, 2] */
     const CE_V(vf) down = (CE_V(vf))((CE_V(vi32))((CE_V(vu32))(127 - k) << 23));
     const CE_V(vf) kf = __builtin_convertvector(k, CE_V(vf));
-    const CE_V(vf) r = (kf * 1.42860676533018708e-06f + CE_V(log1p_reduced_f)((m - 1.0f) + c * down)) +
-                       kf * 0.693145751953125f;
-    return CE_V(log_special_f)(u, r);
+    return (kf * 1.42860676533018708e-06f + CE_V(log1p_reduced_f)((m - 1.0f) + c * down)) +
+           kf * 0.693145751953125f;
 }
 
-CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_d)(CE_V(vd) e)
+CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_core_d)(CE_V(vd) e)
 {
     const CE_V(vd) u = e + 1.0;
     const CE_V(vd) c = e - (u - 1.0);
@@ -272,9 +278,19 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_d)(CE_V(vd) e)
     const double round_magic = 6755399441055744.0;  /* 1.5 * 2^52: k as a double (log_d) */
     const CE_V(vi64) magic_bits = (CE_V(vi64))((CE_V(vd)){0} + round_magic);
     const CE_V(vd) kf = (CE_V(vd))(k + magic_bits) - round_magic;
-    const CE_V(vd) r = (kf * 1.90821492927058770002e-10 + CE_V(log1p_reduced_d)((m - 1.0) + c * down)) +
-                       kf * 6.93147180369123816490e-01;
-    return CE_V(log_special_d)(u, r);
+    return (kf * 1.90821492927058770002e-10 + CE_V(log1p_reduced_d)((m - 1.0) + c * down)) +
+           kf * 6.93147180369123816490e-01;
+}
+
+/* log(1 + e) for e in [-1, 1]: e = -1 gives -inf; NaN stays NaN. */
+CE_ALWAYS_INLINE CE_V(vf) CE_V(log1p_f)(CE_V(vf) e)
+{
+    return CE_V(log_special_f)(e + 1.0f, CE_V(log1p_core_f)(e));
+}
+
+CE_ALWAYS_INLINE CE_V(vd) CE_V(log1p_d)(CE_V(vd) e)
+{
+    return CE_V(log_special_d)(e + 1.0, CE_V(log1p_core_d)(e));
 }
 
 /* ---- float <-> double ----------------------------------------------------- */
@@ -462,21 +478,19 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(exp_neg_d)(CE_V(vd) a)
     return CE_V(select_d)(t < lo, CE_V(exp_d)(t + 40.0) * 4.24835425529158900e-18, e);
 }
 
-/* (1 - y) sigmoid(x) - pw y sigmoid(-x), each term skipped where its
- * factor is 0, in double, given e = exp(-|x|) and r = 1 / (1 + e): the
- * two terms cancel where sigmoid(x) is near y, and double keeps the
- * difference exact to float's precision. */
+/* (1 - y) sigmoid(x) - pw y sigmoid(-x) in double, given e = exp(-|x|)
+ * and r = 1 / (1 + e): sigmoid(|x|) = r and sigmoid(-|x|) = e r, so it is
+ * n r with n = (1 - y) - pw y e for x >= 0 and (1 - y) e - pw y below.
+ * The two terms of n cancel where sigmoid(x) is near y; formed in double
+ * from a double e, the difference keeps float's precision until they
+ * agree to about 2^-28. */
 CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_of)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw, CE_V(vd) e,
                                           CE_V(vd) r)
 {
-    const CE_V(vd) zero = (CE_V(vd)){0};
     const CE_V(vi64) negative = x < 0.0;
-    const CE_V(vd) er = e * r;                       /* sigmoid(-|x|); r = sigmoid(|x|) */
-    const CE_V(vd) pos = pw * y, neg = 1.0 - y;
-    const CE_V(vd) s_plus = CE_V(select_d)(negative, er, r);
-    const CE_V(vd) s_minus = CE_V(select_d)(negative, r, er);
-    return CE_V(select_d)(neg != 0.0, neg * s_plus, zero) -
-           CE_V(select_d)(pos != 0.0, pos * s_minus, zero);
+    const CE_V(vd) one = (CE_V(vd)){0} + 1.0;
+    const CE_V(vd) a = CE_V(select_d)(negative, e, one), b = CE_V(select_d)(negative, one, e);
+    return ((1.0 - y) * a - (pw * y) * b) * r;
 }
 
 CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
@@ -485,17 +499,21 @@ CE_ALWAYS_INLINE CE_V(vd) CE_V(bce_dx_d)(CE_V(vd) x, CE_V(vd) y, CE_V(vd) pw)
     return CE_V(bce_dx_of)(x, y, pw, e, 1.0 / (1.0 + e));
 }
 
-/* The same for float lanes, computed in double; 1 / (1 + e) as a float
- * quotient (one division for all lanes) refined by a Newton step in
- * double, which leaves a relative error of about 2^-46. */
+/* The same for float lanes, computed in double (whose exp needs no care
+ * for float's gradual underflow: below 2^-1022 both round to 0).
+ * 1 / (1 + e) is a float quotient
+ * (one division for all lanes) refined by a Newton step in double, which
+ * leaves a relative error of about 2^-46. */
 CE_ALWAYS_INLINE CE_V(vf) CE_V(bce_dx_f)(CE_V(vf) x, CE_V(vf) y, CE_V(vf) pw)
 {
-    CE_V(vd) x_lo, x_hi, y_lo, y_hi, pw_lo, pw_hi, r_lo, r_hi;
+    CE_V(vd) x_lo, x_hi, y_lo, y_hi, pw_lo, pw_hi, t_lo, t_hi, r_lo, r_hi;
     CE_V(widen_f)(x, &x_lo, &x_hi);
     CE_V(widen_f)(y, &y_lo, &y_hi);
     CE_V(widen_f)(pw, &pw_lo, &pw_hi);
-    const CE_V(vd) e_lo = CE_V(exp_neg_d)(CE_V(select_d)(x_lo < 0.0, -x_lo, x_lo));
-    const CE_V(vd) e_hi = CE_V(exp_neg_d)(CE_V(select_d)(x_hi < 0.0, -x_hi, x_hi));
+    /* -|x|: the sign bit set */
+    CE_V(widen_f)((CE_V(vf))((CE_V(vi32))x | (CE_V(vi32))((CE_V(vu32)){0} + 0x80000000u)),
+                  &t_lo, &t_hi);
+    const CE_V(vd) e_lo = CE_V(exp_d)(t_lo), e_hi = CE_V(exp_d)(t_hi);
     const CE_V(vd) d_lo = 1.0 + e_lo, d_hi = 1.0 + e_hi;
     CE_V(widen_f)(1.0f / CE_V(narrow_d)(d_lo, d_hi), &r_lo, &r_hi);
     r_lo = r_lo * (2.0 - d_lo * r_lo);
