@@ -24,17 +24,62 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(weighted)(CE_VT a, CE_VT b)
 
 /* ---- sweep 1: maxima, sums of exponentials, the KL cross term ---------- */
 
+/* The largest tempered logits of s[0:n] and t[0:n], per lane; brings the
+ * next chunk of both into cache meanwhile, a 64-byte line at a time (the
+ * rows' next chunk, or the next rows' first), so that memory and
+ * arithmetic overlap. */
+CE_TARGET CE_ALWAYS_INLINE void CE_NAME(chunk_maxima)(const CE_T *s, const CE_T *t, int64_t n,
+                                                      CE_VT inv_temp, CE_VT *ms, CE_VT *mt)
+{
+    const CE_VT neg_inf = CE_NAME(splat)(-(CE_CT)__builtin_inf());
+    /* two running maxima per operand hide the compare-select latency */
+    CE_VT s0 = neg_inf, s1 = neg_inf, t0 = neg_inf, t1 = neg_inf;
+    int64_t i = 0;
+    for (; i + 2 * CE_W <= n; i += 2 * CE_W) {
+        for (size_t b = 0; b < 2 * CE_W * sizeof(CE_T); b += 64) {
+            __builtin_prefetch((const char *)(s + i + CE_PREFETCH_AHEAD) + b, 0, 3);
+            __builtin_prefetch((const char *)(t + i + CE_PREFETCH_AHEAD) + b, 0, 3);
+        }
+        s0 = CE_VMAX(CE_NAME(tempered)(s + i, CE_W, inv_temp), s0);
+        s1 = CE_VMAX(CE_NAME(tempered)(s + i + CE_W, CE_W, inv_temp), s1);
+        t0 = CE_VMAX(CE_NAME(tempered)(t + i, CE_W, inv_temp), t0);
+        t1 = CE_VMAX(CE_NAME(tempered)(t + i + CE_W, CE_W, inv_temp), t1);
+    }
+    for (; i < n; i += CE_W) {
+        const int64_t count = n - i < CE_W ? n - i : CE_W;
+        s0 = CE_VMAX(CE_NAME(tempered)(s + i, count, inv_temp), s0);
+        t0 = CE_VMAX(CE_NAME(tempered)(t + i, count, inv_temp), t0);
+    }
+    *ms = CE_VMAX(s0, s1);
+    *mt = CE_VMAX(t0, t1);
+}
+
+/* One vector of sweep 1: the exponentials of both and the cross term. */
+typedef struct {
+    CE_VT es, et, cross;
+} CE_NAME(stats_terms);
+
+CE_TARGET CE_ALWAYS_INLINE CE_NAME(stats_terms) CE_NAME(stats_step)(
+    const CE_T *s, const CE_T *t, int64_t count, CE_VT inv_temp, CE_VT shift_s, CE_VT shift_t,
+    const int mode)
+{
+    CE_NAME(stats_terms) r;
+    const CE_VT sv = CE_NAME(tempered)(s, count, inv_temp);
+    const CE_VT tv = CE_NAME(tempered)(t, count, inv_temp);
+    r.es = CE_VEXP(sv - shift_s);
+    r.et = CE_VEXP(tv - shift_t);
+    if (mode == CE_DISTILL_FORWARD) r.cross = CE_NAME(weighted)(r.et, tv - sv);
+    else if (mode == CE_DISTILL_REVERSE) r.cross = CE_NAME(weighted)(r.es, sv - tv);
+    else r.cross = (CE_VT){0};
+    return r;
+}
+
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(const CE_T *s, const CE_T *t, int64_t n,
                                                     CE_VT inv_temp, ce_distill_sums *out,
                                                     const int mode)
 {
-    const CE_VT neg_inf = CE_NAME(splat)(-(CE_CT)__builtin_inf());
-    CE_VT ms = neg_inf, mt = neg_inf;
-    for (int64_t i = 0; i < n; i += CE_W) {
-        const int64_t count = n - i < CE_W ? n - i : CE_W;
-        ms = CE_VMAX(CE_NAME(tempered)(s + i, count, inv_temp), ms);
-        mt = CE_VMAX(CE_NAME(tempered)(t + i, count, inv_temp), mt);
-    }
+    CE_VT ms, mt;
+    CE_NAME(chunk_maxima)(s, t, n, inv_temp, &ms, &mt);
     out->s_max = CE_NAME(max_lane)(ms);
     out->t_max = CE_NAME(max_lane)(mt);
     /* a chunk of -inf only is measured from 0, so that exp(-inf) = 0 */
@@ -44,16 +89,27 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(const CE_T *s, const CE_T *t
     memset(&sum_s, 0, sizeof sum_s);
     memset(&sum_t, 0, sizeof sum_t);
     memset(&cross, 0, sizeof cross);
-    /* the chunk is in L1 now: read it again for the exponentials */
-    for (int64_t i = 0; i < n; i += CE_W) {
+    /* the chunk is in L1 now: read it again for the exponentials. Four
+     * vectors' terms are added in the compute type (two roundings, at the
+     * level of exp's own error), then widened once. */
+    int64_t i = 0;
+    for (; i + 4 * CE_W <= n; i += 4 * CE_W) {
+        CE_NAME(stats_terms) a[4];
+        for (int k = 0; k < 4; ++k)
+            a[k] = CE_NAME(stats_step)(s + i + k * CE_W, t + i + k * CE_W, CE_W, inv_temp, shift_s,
+                                       shift_t, mode);
+        CE_ACC_ADD(&sum_s, (a[0].es + a[1].es) + (a[2].es + a[3].es));
+        CE_ACC_ADD(&sum_t, (a[0].et + a[1].et) + (a[2].et + a[3].et));
+        if (mode != CE_DISTILL_JSD)
+            CE_ACC_ADD(&cross, (a[0].cross + a[1].cross) + (a[2].cross + a[3].cross));
+    }
+    for (; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        const CE_VT sv = CE_NAME(tempered)(s + i, count, inv_temp);
-        const CE_VT tv = CE_NAME(tempered)(t + i, count, inv_temp);
-        const CE_VT es = CE_VEXP(sv - shift_s), et = CE_VEXP(tv - shift_t);
-        CE_ACC_ADD(&sum_s, es);
-        CE_ACC_ADD(&sum_t, et);
-        if (mode == CE_DISTILL_FORWARD) CE_ACC_ADD(&cross, CE_NAME(weighted)(et, tv - sv));
-        if (mode == CE_DISTILL_REVERSE) CE_ACC_ADD(&cross, CE_NAME(weighted)(es, sv - tv));
+        const CE_NAME(stats_terms) a = CE_NAME(stats_step)(s + i, t + i, count, inv_temp, shift_s,
+                                                           shift_t, mode);
+        CE_ACC_ADD(&sum_s, a.es);
+        CE_ACC_ADD(&sum_t, a.et);
+        if (mode != CE_DISTILL_JSD) CE_ACC_ADD(&cross, a.cross);
     }
     out->s_sum = CE_ACC_SUM(sum_s);
     out->t_sum = CE_ACC_SUM(sum_t);
@@ -93,12 +149,16 @@ CE_TARGET CE_ALWAYS_INLINE CE_NAME(row_vec) CE_NAME(splat_row)(const ce_distill_
     return v;
 }
 
-/* log(1 + exp(u)), for any u (+-inf included). */
-CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(softplus)(CE_VT u)
+/* log(1 + exp(-|u|)): softplus(u) = max(u, 0) + it and softplus(-u) =
+ * max(-u, 0) + it, both from one exponential and one logarithm. */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(softplus_rest)(CE_VT u)
 {
-    const CE_VIT negative = u < (CE_CT)0;
-    const CE_VT a = CE_SELECT(negative, -u, u);
-    return CE_SELECT(negative, (CE_VT){0}, u) + CE_VLOG1P(CE_VEXP(-a));
+    return CE_VLOG1P(CE_VEXP(-CE_SELECT(u < (CE_CT)0, -u, u)));
+}
+
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(positive_part)(CE_VT u)
+{
+    return CE_SELECT(u > (CE_CT)0, u, (CE_VT){0});
 }
 
 /* One vector of both rows: the tempered logits' log-probabilities' parts
@@ -137,8 +197,11 @@ CE_TARGET static void CE_NAME(jsd)(const void *sv_, const void *tv_, int64_t n,
         const int64_t count = n - i < CE_W ? n - i : CE_W;
         const CE_NAME(pair) p = CE_NAME(load_pair)(s + i, t + i, count, &r);
         const CE_VT u = (p.t - p.s) - r.offset;
-        CE_ACC_ADD(&acc_t, CE_NAME(weighted)(p.pt, -r.log_beta - CE_NAME(softplus)(-u)));
-        CE_ACC_ADD(&acc_s, CE_NAME(weighted)(p.ps, -r.log_1m_beta - CE_NAME(softplus)(u)));
+        const CE_VT rest = CE_NAME(softplus_rest)(u);
+        const CE_VT sp_minus = CE_NAME(positive_part)(-u) + rest;   /* softplus(-u) */
+        const CE_VT sp_plus = CE_NAME(positive_part)(u) + rest;     /* softplus(u)  */
+        CE_ACC_ADD(&acc_t, CE_NAME(weighted)(p.pt, -r.log_beta - sp_minus));
+        CE_ACC_ADD(&acc_s, CE_NAME(weighted)(p.ps, -r.log_1m_beta - sp_plus));
     }
     *kt = CE_ACC_SUM(acc_t);
     *ks = CE_ACC_SUM(acc_s);
@@ -155,12 +218,17 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(grad_body)(const CE_T *s, const CE_T *t,
         const int64_t count = n - i < CE_W ? n - i : CE_W;
         const CE_NAME(pair) p = CE_NAME(load_pair)(s + i, t + i, count, &r);
         CE_VT d;
-        if (mode == CE_DISTILL_FORWARD)
+        if (mode == CE_DISTILL_FORWARD) {
             d = r.coef * (p.ps - p.pt);
-        else if (mode == CE_DISTILL_REVERSE)   /* log p_s - log p_t - KL */
+        } else if (mode == CE_DISTILL_REVERSE) {
+            /* log p_s - log p_t - KL */
             d = CE_NAME(weighted)(p.ps, r.coef * ((p.s - p.t) - r.offset));
-        else                                   /* log(p_s / m) - KL(p_s || m) */
-            d = CE_NAME(weighted)(p.ps, r.coef * -(CE_NAME(softplus)((p.t - p.s) - r.offset) + r.k));
+        } else {
+            /* log(p_s / m) - KL(p_s || m) = -(softplus(u) + k) */
+            const CE_VT u = (p.t - p.s) - r.offset;
+            const CE_VT sp_plus = CE_NAME(positive_part)(u) + CE_NAME(softplus_rest)(u);
+            d = CE_NAME(weighted)(p.ps, r.coef * -(sp_plus + r.k));
+        }
         CE_NAME(store)(g + i, count, d);
     }
 }
