@@ -62,6 +62,14 @@ static double merge_lse(const ce_distill_sums *st, int64_t n, int student, doubl
     return m + log(sum);
 }
 
+/* A log-sum-exp as the kernels' compute type holds it, and the factor
+ * exp(held - lse) that makes up for the rounding (ce_distill_row). */
+static void held_lse(const distill_job *jb, double lse, double *held, double *scale)
+{
+    *held = jb->pr->dtype == CE_FLOAT64 ? lse : (double)(float)lse;
+    *scale = isfinite(lse) ? exp(*held - lse) : 1.0;
+}
+
 /* Row r: its loss (T^2 scaled) into row_out and its gradient into grad. */
 static void distill_row(const distill_job *jb, int64_t r, ce_distill_sums *st)
 {
@@ -84,25 +92,27 @@ static void distill_row(const distill_job *jb, int64_t r, ce_distill_sums *st)
         jb->leaf->stats(mode, s + c * CE_CHUNK * es, t + c * CE_CHUNK * es, chunk_length(jb, c),
                         row.inv_temp, &st[c]);
     double cross_s, cross_t;
-    row.lse_s = merge_lse(st, jb->n_chunks, 1, &cross_s);
-    row.lse_t = merge_lse(st, jb->n_chunks, 0, &cross_t);
+    const double lse_s = merge_lse(st, jb->n_chunks, 1, &cross_s);
+    const double lse_t = merge_lse(st, jb->n_chunks, 0, &cross_t);
+    held_lse(jb, lse_s, &row.lse_s, &row.scale_s);
+    held_lse(jb, lse_t, &row.lse_t, &row.scale_t);
     double loss;
-    if (!isfinite(row.lse_s) || !isfinite(row.lse_t)) {
+    if (!isfinite(lse_s) || !isfinite(lse_t)) {
         /* no distribution: every exponential would be 0 or NaN */
         loss = NAN;
         row.coef = NAN;
     } else if (mode == CE_DISTILL_FORWARD) {
         /* sum p_t (t - s) - lse_t + lse_s */
-        loss = cross_t - row.lse_t + row.lse_s;
+        loss = cross_t - lse_t + lse_s;
         row.coef = T * pr->grad_scale;
     } else if (mode == CE_DISTILL_REVERSE) {
-        loss = cross_s - row.lse_s + row.lse_t;
-        row.offset = row.lse_s - row.lse_t + loss;
+        loss = cross_s - lse_s + lse_t;
+        row.offset = lse_s - lse_t + loss;
         row.coef = T * pr->grad_scale;
     } else {
         row.log_beta = log(pr->beta);
         row.log_1m_beta = log1p(-pr->beta);
-        row.offset = row.lse_t - row.lse_s - (row.log_beta - row.log_1m_beta);
+        row.offset = lse_t - lse_s - (row.log_beta - row.log_1m_beta);
         double kt = 0.0, ks = 0.0;
         for (int64_t c = 0; c < jb->n_chunks; ++c) {
             double ckt, cks;

@@ -26,7 +26,12 @@ typedef struct {
 /* What sweeps 2 and 3 need of their row. */
 typedef struct {
     double inv_temp;
-    double lse_s, lse_t;           /* of the tempered logits */
+    /* The log-sum-exps of the tempered logits as the compute type holds
+     * them, and exp(held - exact): p = exp(x - held) * scale, so that the
+     * rounding of a log-sum-exp to float does not reach the probabilities
+     * (x - held is as exact as x - max). */
+    double lse_s, lse_t;
+    double scale_s, scale_t;
     double log_beta, log_1m_beta;  /* JSD */
     /* subtracted from a difference of tempered logits:
      *   reverse: from s - t, lse_s - lse_t + KL (the gradient's log ratio

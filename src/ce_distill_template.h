@@ -132,7 +132,7 @@ CE_TARGET static void CE_NAME(stats)(ce_distill_mode mode, const void *s, const 
 
 /* The row's constants, splatted to the compute type. */
 typedef struct {
-    CE_VT inv_temp, lse_s, lse_t, log_beta, log_1m_beta, offset, k, coef;
+    CE_VT inv_temp, lse_s, lse_t, scale_s, scale_t, log_beta, log_1m_beta, offset, k, coef;
 } CE_NAME(row_vec);
 
 CE_TARGET CE_ALWAYS_INLINE CE_NAME(row_vec) CE_NAME(splat_row)(const ce_distill_row *row)
@@ -141,6 +141,8 @@ CE_TARGET CE_ALWAYS_INLINE CE_NAME(row_vec) CE_NAME(splat_row)(const ce_distill_
     v.inv_temp = CE_NAME(splat)((CE_CT)row->inv_temp);
     v.lse_s = CE_NAME(splat)((CE_CT)row->lse_s);
     v.lse_t = CE_NAME(splat)((CE_CT)row->lse_t);
+    v.scale_s = CE_NAME(splat)((CE_CT)row->scale_s);
+    v.scale_t = CE_NAME(splat)((CE_CT)row->scale_t);
     v.log_beta = CE_NAME(splat)((CE_CT)row->log_beta);
     v.log_1m_beta = CE_NAME(splat)((CE_CT)row->log_1m_beta);
     v.offset = CE_NAME(splat)((CE_CT)row->offset);
@@ -178,8 +180,8 @@ CE_TARGET CE_ALWAYS_INLINE CE_NAME(pair) CE_NAME(load_pair)(const CE_T *s, const
     CE_NAME(pair) p;
     p.s = CE_NAME(tempered)(s, count, r->inv_temp);
     p.t = CE_NAME(tempered)(t, count, r->inv_temp);
-    p.ps = CE_VEXP(p.s - r->lse_s);
-    p.pt = CE_VEXP(p.t - r->lse_t);
+    p.ps = CE_VEXP(p.s - r->lse_s) * r->scale_s;
+    p.pt = CE_VEXP(p.t - r->lse_t) * r->scale_t;
     return p;
 }
 
