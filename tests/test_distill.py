@@ -340,3 +340,15 @@ def test_bad_input(call, error, match):
     with pytest.raises(error, match=match):
         call(s, t)
     assert np.array_equal(s, s_copy) and np.array_equal(t, t_copy)
+
+
+# ---- the benchmark's section -------------------------------------------------------
+
+def test_bench_section_reports_its_rows():
+    from ce_kernels import bench
+    r = bench.bench_distill(4, 300, threads=1, repeat=1, with_torch=False)
+    ratios = bench.distill_ratios(r)
+    for ours, _, floor in bench.DISTILL_ROWS:
+        assert ratios[f"{ours} / {floor}"] > 0
+    table = bench.format_distill_table(r)
+    assert "distill_kl_with_grad (out=buf) / two-input read floor" in table
