@@ -114,6 +114,8 @@ extension = Extension(
         "src/ce_floor.c",
         "src/ce_family.c",
         "src/ce_family_leaves.c",
+        "src/ce_distill.c",
+        "src/ce_distill_leaves.c",
     ],
     include_dirs=["src", INCLUDE_DIR, np.get_include()],
     define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],

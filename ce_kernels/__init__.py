@@ -29,6 +29,12 @@ from ._family import (
     log_sigmoid,
     sigmoid,
 )
+from ._distill import (
+    distill_jsd,
+    distill_jsd_with_grad,
+    distill_kl,
+    distill_kl_with_grad,
+)
 from .linear import (
     linear_cross_entropy,
     linear_cross_entropy_with_grad,
@@ -82,6 +88,10 @@ __all__ = [
     "binary_cross_entropy_with_grad",
     "build_info",
     "cross_entropy_probs",
+    "distill_jsd",
+    "distill_jsd_with_grad",
+    "distill_kl",
+    "distill_kl_with_grad",
     "entropy",
     "eval_merge",
     "eval_partial",

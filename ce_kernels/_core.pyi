@@ -23,6 +23,9 @@ BCE_LOGITS: int
 BCE_PROBS: int
 SIGMOID: int
 LOG_SIGMOID: int
+DISTILL_FORWARD: int
+DISTILL_REVERSE: int
+DISTILL_JSD: int
 ISA_NAMES: Dict[int, str]
 
 def run(mode: int, dtype: int, x: np.ndarray, *, out: Optional[np.ndarray] = ...,
@@ -54,6 +57,10 @@ def bce_run(mode: int, dtype: int, x: np.ndarray, y: np.ndarray, *,
             grad: Optional[np.ndarray] = ..., n_threads: int = ...) -> None: ...
 def sigmoid_run(mode: int, dtype: int, x: np.ndarray, out: np.ndarray, *,
                 n_threads: int = ...) -> None: ...
+def distill_run(mode: int, dtype: int, student: np.ndarray, teacher: np.ndarray, *,
+                temperature: float, beta: float = ..., target: Optional[np.ndarray] = ...,
+                ignore_index: int = ..., row_out: np.ndarray, grad: Optional[np.ndarray] = ...,
+                grad_scale: float = ..., n_threads: int = ...) -> None: ...
 def log_array(x: np.ndarray, y: np.ndarray) -> None: ...
 def log_f32_max_ulp(first: int, last: int) -> float: ...
 def default_threads() -> int: ...

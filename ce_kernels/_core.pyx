@@ -495,6 +495,73 @@ def sigmoid_run(int mode, int dtype, cnp.ndarray x, cnp.ndarray out, *, int n_th
     stop.check(status)
 
 
+# ---- distillation losses (src/ce_distill.h) -----------------------------------
+
+cdef extern from "ce_distill.h":
+    ctypedef enum ce_distill_mode:
+        CE_DISTILL_FORWARD
+        CE_DISTILL_REVERSE
+        CE_DISTILL_JSD
+    ctypedef struct ce_distill_problem:
+        ce_dtype dtype
+        ce_distill_mode mode
+        int64_t n_rows
+        int64_t n_cols
+        const void *student
+        int64_t student_stride
+        const void *teacher
+        int64_t teacher_stride
+        double temperature
+        double beta
+        const int64_t *target
+        int64_t ignore_index
+        double *row_out
+        void *grad
+        int64_t grad_stride
+        double grad_scale
+        ce_interrupt interrupt
+    int ce_distill_run(const ce_distill_problem *problem, int n_threads) nogil
+
+
+DISTILL_FORWARD = CE_DISTILL_FORWARD
+DISTILL_REVERSE = CE_DISTILL_REVERSE
+DISTILL_JSD = CE_DISTILL_JSD
+
+
+def distill_run(int mode, int dtype, cnp.ndarray student, cnp.ndarray teacher, *,
+                double temperature, double beta=0.5, cnp.ndarray target=None,
+                int64_t ignore_index=-100, cnp.ndarray row_out, cnp.ndarray grad=None,
+                double grad_scale=1.0, int n_threads=0):
+    """Distillation losses over 2-D rows of student and teacher logits (both
+    of dtype code ``dtype``, last axis contiguous): each row's loss into
+    float64 ``row_out``, and d loss / d student times ``grad_scale`` into
+    ``grad`` (rows of the same dtype; may be ``student``). ``target``:
+    contiguous int64, one per row, or None."""
+    cdef ce_distill_problem pr
+    pr.dtype = <ce_dtype>dtype
+    pr.mode = <ce_distill_mode>mode
+    pr.n_rows = cnp.PyArray_DIM(student, 0)
+    pr.n_cols = cnp.PyArray_DIM(student, 1)
+    pr.student = cnp.PyArray_DATA(student)
+    pr.student_stride = row_stride(student)
+    pr.teacher = cnp.PyArray_DATA(teacher)
+    pr.teacher_stride = row_stride(teacher)
+    pr.temperature = temperature
+    pr.beta = beta
+    pr.target = <const int64_t *>data_or_null(target)
+    pr.ignore_index = ignore_index
+    pr.row_out = <double *>cnp.PyArray_DATA(row_out)
+    pr.grad = <void *>data_or_null(grad)
+    pr.grad_stride = row_stride(grad)
+    pr.grad_scale = grad_scale
+    cdef Interruptible stop = interrupt_for(pr.n_rows * pr.n_cols)
+    pr.interrupt = stop.interrupt
+    cdef int status
+    with nogil:
+        status = ce_distill_run(&pr, n_threads)
+    stop.check(status)
+
+
 def log_array(cnp.ndarray x, cnp.ndarray y):
     """y = log(x) with the kernels' own logarithm (contiguous, same dtype)."""
     cdef int64_t n = cnp.PyArray_SIZE(x)

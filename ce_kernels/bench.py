@@ -44,6 +44,7 @@ ratios ``eval / read floor``, ``eval / read floor, paired median`` and
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -419,10 +420,13 @@ def run(shapes: Sequence[Tuple[int, int]] = DEFAULT_SHAPES, threads: Optional[in
         r["paired_ratios"] = derived_ratios(r, _paired_ratio)
         r["family"] = bench_family(n, v, threads, repeat, with_torch=with_torch)
         r["family"]["ratios"] = family_ratios(r["family"])
+        r["distill"] = bench_distill(n, v, threads, repeat, with_torch=with_torch)
+        r["distill"]["ratios"] = distill_ratios(r["distill"])
         results.append(r)
         if not as_json:
             print(format_table(r), file=out)
             print(format_family_table(r["family"]), file=out)
+            print(format_distill_table(r["distill"]), file=out)
             print(file=out, flush=True)
     evaluated = None
     if eval_gb is not None:
@@ -710,3 +714,96 @@ def format_vocab_parallel(r: Dict[str, object]) -> str:
         f"  communicated per row: {r['bytes_sent_per_row_per_rank']} bytes sent and "
         f"{r['bytes_received_per_row_per_rank']} received by each process (independent of V)",
     ])
+
+
+# ---- distillation -----------------------------------------------------------------
+
+DISTILL_TEMPERATURE = 2.0
+# (ours, PyTorch's equivalent or None, floor) for each distillation row
+DISTILL_ROWS: Tuple[Tuple[str, Optional[str], str], ...] = (
+    ("distill_kl", "torch kl_div(log_softmax)", "two-input read floor"),
+    ("distill_kl_with_grad (out=buf)", "torch kl_div(log_softmax) fwd+bwd", "two-input read floor"),
+    ("distill_jsd", None, "two-input read floor"),
+    ("distill_jsd_with_grad (out=buf)", None, "two-input read floor"),
+)
+
+
+@contextlib.contextmanager
+def _torch_threads(torch, threads: int):
+    """PyTorch (if not None) on ``threads`` threads for the block."""
+    if torch is None:
+        yield
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _ratio_lines(ratios: Dict[str, Optional[float]]) -> List[str]:
+    return [f"  {name:60s} {value:8.2f}{'x' if 'speedup' in name else ''}"
+            for name, value in ratios.items() if value is not None]
+
+
+def bench_distill(n: int, v: int, threads: int, repeat: int, with_torch: bool = True,
+                  seed: int = 0) -> Dict[str, object]:
+    """Time the distillation losses on float32 (n, v) student and teacher
+    logits at temperature 2 against PyTorch's composition
+    ``kl_div(log_softmax(s / T), log_softmax(t / T), log_target=True,
+    reduction="batchmean") * T * T`` (forward, and forward + backward) and
+    the floor of reading both inputs once, interleaved."""
+    from . import _distill
+
+    rng = np.random.default_rng(seed)
+    s = rng.standard_normal((n, v), dtype=np.float32)
+    t = rng.standard_normal((n, v), dtype=np.float32)
+    buf = np.empty_like(s)
+    T = DISTILL_TEMPERATURE
+    kw = {"temperature": T, "num_threads": threads}
+    c: Dict[str, Timed] = {
+        "two-input read floor": (lambda: (_core.floor_read(s, threads), _core.floor_read(t, threads)), None),
+        "distill_kl": (lambda: _distill.distill_kl(s, t, **kw), None),
+        "distill_kl_with_grad (out=buf)": (lambda: _distill.distill_kl_with_grad(s, t, out=buf, **kw), None),
+        "distill_jsd": (lambda: _distill.distill_jsd(s, t, **kw), None),
+        "distill_jsd_with_grad (out=buf)": (lambda: _distill.distill_jsd_with_grad(s, t, out=buf, **kw), None),
+    }
+    torch = _torch_or_none() if with_torch else None
+    if torch is not None:
+        F = torch.nn.functional
+        ts, tt = torch.from_numpy(s), torch.from_numpy(t)
+        leaf = ts.clone().requires_grad_(True)
+
+        def torch_kl(x):
+            return F.kl_div(F.log_softmax(x / T, -1), F.log_softmax(tt / T, -1), log_target=True,
+                            reduction="batchmean") * T * T
+
+        def torch_fwd_bwd():
+            leaf.grad = None
+            torch_kl(leaf).backward()
+
+        c.update({
+            "torch kl_div(log_softmax)": (lambda: torch_kl(ts), None),
+            "torch kl_div(log_softmax) fwd+bwd": (torch_fwd_bwd, None),
+        })
+    with _torch_threads(torch, threads):
+        results = time_interleaved(c, repeat)
+    return {"n": n, "v": v, "threads": threads, "times": results}
+
+
+def distill_ratios(distill: Dict[str, object]) -> Dict[str, Optional[float]]:
+    """Each distillation row against its floor and PyTorch (speedup)."""
+    t = distill["times"]
+    out: Dict[str, Optional[float]] = {}
+    for ours, theirs, floor in DISTILL_ROWS:
+        out[f"{ours} / {floor}"] = _ratio(t.get(ours), t.get(floor))
+        if theirs is not None:
+            out[f"{ours} speedup vs torch"] = _ratio(t.get(theirs), t.get(ours))
+    return out
+
+
+def format_distill_table(distill: Dict[str, object]) -> str:
+    return "\n".join([f"Distillation on (N, V) = ({distill['n']}, {distill['v']}) float32, T = "
+                      f"{DISTILL_TEMPERATURE:g}, {distill['threads']} threads",
+                      *time_rows(distill["times"], 42, 3), *_ratio_lines(distill_ratios(distill))])

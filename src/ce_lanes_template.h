@@ -36,3 +36,13 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(store)(CE_T *p, int64_t count, CE_VT v)
         memcpy(p, buf, (size_t)count * sizeof(CE_T));
     }
 }
+
+/* The largest lane of m. */
+CE_TARGET CE_ALWAYS_INLINE double CE_NAME(max_lane)(CE_VT m)
+{
+    CE_CT lanes[CE_W];
+    memcpy(lanes, &m, sizeof lanes);
+    CE_CT best = lanes[0];
+    for (int l = 1; l < CE_W; ++l) best = lanes[l] > best ? lanes[l] : best;
+    return (double)best;
+}

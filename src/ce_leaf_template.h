@@ -42,16 +42,6 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(logits)(const CE_T *p, int64_t count, C
 
 /* ---- chunk maximum ----------------------------------------------------- */
 
-/* The largest lane of m. */
-CE_TARGET CE_ALWAYS_INLINE double CE_NAME(max_lane)(CE_VT m)
-{
-    CE_CT lanes[CE_W];
-    memcpy(lanes, &m, sizeof lanes);
-    CE_CT best = lanes[0];
-    for (int l = 1; l < CE_W; ++l) best = lanes[l] > best ? lanes[l] : best;
-    return (double)best;
-}
-
 /* Largest element of x[0:n] (soft-capped if asked); NaN is passed over
  * here and surfaces in the sum of exponentials instead. */
 CE_TARGET CE_ALWAYS_INLINE double CE_NAME(chunk_max_body)(const CE_T *x, int64_t n, double cap,

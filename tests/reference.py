@@ -421,3 +421,57 @@ def linear_cross_entropy_grads(hidden, head, target, bias=None, grad_output=None
     d_hidden = (rows @ w).reshape(h.shape)
     d_weight = rows.T @ h.reshape(-1, w.shape[1])
     return d_hidden, d_weight, (None if bias is None else rows.sum(axis=0))
+
+
+# ---- distillation ---------------------------------------------------------------
+
+def _kl_rows(log_p, log_q):
+    """sum_j p_j (log p_j - log q_j) per row, with 0 where p_j = 0."""
+    p = np.exp(log_p)
+    with np.errstate(invalid="ignore"):
+        terms = np.where(p > 0, p * (log_p - log_q), 0.0)
+    return terms.sum(axis=-1)
+
+
+def distill_row_losses(student, teacher, temperature=1.0, mode="forward", beta=0.5):
+    """Per-row distillation losses, times temperature**2: "forward"
+    KL(p_t || p_s), "reverse" KL(p_s || p_t), or "jsd" with mixture weight
+    beta (beta = 0: forward, beta = 1: reverse)."""
+    s = np.asarray(student, dtype=np.float64) / temperature
+    t = np.asarray(teacher, dtype=np.float64) / temperature
+    s, t = s.reshape(-1, s.shape[-1]), t.reshape(-1, t.shape[-1])
+    log_ps, log_pt = log_softmax(s), log_softmax(t)
+    if mode == "jsd" and beta == 0:
+        mode = "forward"
+    if mode == "jsd" and beta == 1:
+        mode = "reverse"
+    if mode == "forward":
+        loss = _kl_rows(log_pt, log_ps)
+    elif mode == "reverse":
+        loss = _kl_rows(log_ps, log_pt)
+    else:
+        # log(beta p_t + (1 - beta) p_s), without the products underflowing
+        log_m = np.logaddexp(np.log(beta) + log_pt, np.log1p(-beta) + log_ps)
+        loss = beta * _kl_rows(log_pt, log_m) + (1 - beta) * _kl_rows(log_ps, log_m)
+    return loss * temperature ** 2
+
+
+def distill_loss(student, teacher, temperature=1.0, mode="forward", beta=0.5, target=None,
+                 ignore_index=-100, reduction="batchmean"):
+    """The reduced loss: rows whose target is ignore_index count 0 and are
+    left out of the denominators ("batchmean": counted rows, "mean":
+    counted rows times V)."""
+    rows = distill_row_losses(student, teacher, temperature, mode, beta)
+    counted = np.ones(rows.shape, dtype=bool)
+    if target is not None:
+        counted = np.asarray(target).reshape(-1) != ignore_index
+    rows = np.where(counted, rows, 0.0)
+    n_classes = np.shape(student)[-1]
+    if reduction == "none":
+        return rows.reshape(np.shape(student)[:-1])
+    total = rows.sum()
+    if reduction == "sum":
+        return total
+    denominator = counted.sum() * (n_classes if reduction == "mean" else 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.float64(total) / np.float64(denominator)
