@@ -704,7 +704,10 @@ static double finish_loss(const ce_problem *p, double n_classes, const ce_merged
         a_total = mg->asum;
         row->c = scale;
     } else {
-        loss = (1.0 - eps) * wt * ((m - target_logit) + log_sum);
+        /* a target of weight 0 adds nothing, even at a logit of -inf (as
+         * soft targets' terms with w_j q_j == 0) */
+        const double a_t = (1.0 - eps) * wt;
+        loss = a_t != 0.0 ? a_t * ((m - target_logit) + log_sum) : 0.0;
         if (eps > 0.0) loss += eps / V * (mg->lin + p->weight_sum * log_sum);
         a_total = (1.0 - eps) * wt + eps / V * p->weight_sum;
         row->c = scale * eps / V;
