@@ -122,14 +122,16 @@ typedef struct {
     /* Largest element of x[0:n], soft-capped when softcap > 0 (NaN passed
      * over; -inf if there is no other). */
     double (*max)(const void *x, int64_t n, double softcap);
-    /* First sweep: stats of x[0:n]; stores exp(x - shift) into e when e is
-     * not NULL (e may equal x). */
+    /* First sweep: stats of x[0:n]; stores exp(x - shift) into e, in the
+     * compute type (float for float32 and half precision, double for
+     * float64), when e is not NULL (e may equal x when that is x's type). */
     void (*stats)(const void *x, int64_t n, void *e, const ce_chunk_opts *opts,
                   ce_chunk_stats *st);
-    /* Second sweep for gradients and softmax: out = out * f - c * a, plus
-     * delta at index t (chunk-relative; outside [0, n) for none). */
-    void (*rescale)(void *out, int64_t n, double f, double c, const ce_chunk_opts *opts,
-                    int64_t t, double delta);
+    /* Second sweep for gradients and softmax: out = e * f - c * a, plus
+     * delta at index t (chunk-relative; outside [0, n) for none), from the
+     * exponentials e[0:n] sweep 1 stored (e may equal out). */
+    void (*rescale)(const void *e, void *out, int64_t n, double f, double c,
+                    const ce_chunk_opts *opts, int64_t t, double delta);
     /* The same when sweep 1 stored nothing: exp(x' - shift) recomputed from
      * x (x' soft-capped if asked, then times the cap's derivative). out may
      * equal x. */
@@ -137,7 +139,8 @@ typedef struct {
                            double c, const ce_chunk_opts *opts, int64_t t, double delta);
     /* sum of exp(x' - shift) over v[0:n], every vector widened before it is
      * added (sweep 1 adds a few in the compute type first): from the
-     * logits, or, when stored, from the exponentials sweep 1 stored in v. */
+     * logits, or, when stored, from the exponentials sweep 1 stored in v
+     * (in the compute type). */
     double (*exact_sumexp)(const void *v, int64_t n, int stored, double shift,
                            const ce_chunk_opts *opts);
     /* Second sweep for log-softmax: out = (x - max) - log_sum (out may equal x). */

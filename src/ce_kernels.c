@@ -175,7 +175,10 @@ typedef struct ce_plan {
     int64_t n_chunks;        /* chunks per row                             */
     double n_classes;        /* the whole vocabulary: vocab_size or n_cols */
     int stats_of_ignored;    /* ignored rows still give their lse / argmax */
-    int store_exp;           /* sweep 1 stores exp(x - shift) to the output */
+    int store_exp;           /* sweep 1 stores exp(x - shift) for sweep 2  */
+    char *exp_buf;           /* where, for half-precision outputs: a row of
+                              * the compute type, one per thread (NULL: in
+                              * the output itself)                         */
     int second_sweep;        /* the output is written                      */
     int one_pass;            /* chunks are offered a reference shift       */
     ce_chunk_opts opts;      /* chunk options (w, y set per chunk)         */
@@ -286,12 +289,15 @@ static void plan_init(ce_plan *pl, const ce_problem *p)
     pl->stats_of_ignored = is_loss && (p->row_lse != NULL || p->row_argmax != NULL);
     /* Sweep 1 stores exp(x - shift) for sweep 2 to rescale, except with
      * soft-capping (the cap's derivative needs the logits, which in place
-     * are gone) and for half-precision outputs (storing there would round
-     * the exponentials twice): then sweep 2 recomputes them from x. */
-    pl->store_exp = p->out != NULL && pl->opts.softcap == 0.0 && pl->esize >= 4 &&
+     * are gone): then sweep 2 recomputes them from x. A half-precision
+     * output would round the exponentials twice, so for it they go to a
+     * float row beside it (exp_buf, set by the driver), which also leaves
+     * the logits in place. */
+    pl->store_exp = p->out != NULL && pl->opts.softcap == 0.0 &&
                     (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX);
-    /* ...nor where the argmax, found after sweep 1, must read the logits. */
-    if (pl->store_exp && p->row_argmax != NULL && out_overlaps_x(p, pl->esize))
+    /* ...nor into the output where the argmax, found after sweep 1, must
+     * read the logits there. */
+    if (pl->store_exp && pl->esize >= 4 && p->row_argmax != NULL && out_overlaps_x(p, pl->esize))
         pl->store_exp = 0;
     pl->second_sweep = p->out != NULL &&
                        (p->mode == CE_MODE_LOSS_GRAD || p->mode == CE_MODE_SOFTMAX ||
@@ -326,6 +332,16 @@ static ce_chunk_opts chunk_opts(const ce_plan *pl, int64_t r, int64_t c)
             opts.y = row_of(p->soft, r, p->soft_stride, pl->aux_size) + (size_t)j0 * pl->aux_size;
     }
     return opts;
+}
+
+/* Whether sweep 1 keeps the exponentials beside the output (exp_buf). */
+static int exp_aside(const ce_plan *pl) { return pl->store_exp && pl->esize == 2; }
+
+/* Row r's stored exponentials, in the compute type (aux_size bytes each). */
+static char *exp_row(const ce_plan *pl, int64_t r)
+{
+    const ce_problem *p = pl->p;
+    return pl->exp_buf ? pl->exp_buf : (char *)row_of(p->out, r, p->out_stride, pl->esize);
 }
 
 static int64_t chunk_len(const ce_plan *pl, int64_t c)
@@ -591,9 +607,7 @@ static void sweep1_chunk(const ce_plan *pl, int64_t r, int64_t c, ce_chunk_stats
         const int64_t t = p->target[r] - p->vocab_start - j0;
         if (t >= 0 && t < n) *target_logit = capped(pl, load_as_double(x, t, p->dtype));
     }
-    char *e = NULL;
-    if (pl->store_exp)
-        e = (char *)row_of(p->out, r, p->out_stride, pl->esize) + (size_t)j0 * pl->esize;
+    char *e = pl->store_exp ? exp_row(pl, r) + (size_t)j0 * pl->aux_size : NULL;
     ce_chunk_opts opts = chunk_opts(pl, r, c);
     opts.ref = chunk_reference(pl, x, n);
     pl->leaf->stats(x, n, e, &opts, st);
@@ -903,7 +917,8 @@ static void sweep2_chunk(const ce_plan *pl, int64_t r, int64_t c,
     const int64_t t_local =
         p->target && row->target_delta != 0.0 ? p->target[r] - p->vocab_start - j0 : -1;
     if (pl->store_exp) {
-        pl->leaf->rescale(out + (size_t)j0 * pl->esize, n, f, row->c, &opts, t_local,
+        pl->leaf->rescale(exp_row(pl, r) + (size_t)j0 * pl->aux_size,
+                          out + (size_t)j0 * pl->esize, n, f, row->c, &opts, t_local,
                           row->target_delta);
     } else {
         const char *x = row_of(p->x, r, p->x_stride, pl->esize);
@@ -1001,10 +1016,14 @@ static void run_by_rows(const ce_plan *pl, ce_chunk_stats *scratch, int n_thread
     {
         const int caller = omp_get_thread_num() == 0;
         ce_chunk_stats *st = scratch + (size_t)omp_get_thread_num() * (size_t)pl->n_chunks;
+        /* this thread's row of exponentials, if they are kept aside */
+        ce_plan mine = *pl;
+        if (mine.exp_buf)
+            mine.exp_buf += (size_t)omp_get_thread_num() * (size_t)n_cols * pl->aux_size;
         #pragma omp for schedule(static)
         for (int64_t r = 0; r < n_rows; ++r) {
             if (ce_stopper_stopped(stopper)) continue;
-            run_row(pl, r, st);
+            run_row(&mine, r, st);
             if (caller) ce_stopper_tick(stopper, n_cols);
         }
     }
@@ -1103,7 +1122,15 @@ int ce_run(const ce_problem *p, int n_threads)
     const int by_chunks = nt > 1 && p->n_rows < 4 * (int64_t)nt && pl.n_chunks >= nt;
     const size_t n_stats = (size_t)pl.n_chunks * (size_t)(by_chunks ? 1 : nt);
     ce_chunk_stats *scratch = (ce_chunk_stats *)malloc(n_stats * sizeof *scratch);
-    if (scratch == NULL) return CE_ERR_NOMEM;
+    /* one row of exponentials per thread working on whole rows; one shared
+     * row when the threads split each row */
+    const size_t n_exp_rows = !exp_aside(&pl) ? 0 : by_chunks ? 1 : (size_t)nt;
+    pl.exp_buf = n_exp_rows ? (char *)malloc(n_exp_rows * (size_t)p->n_cols * pl.aux_size) : NULL;
+    if (scratch == NULL || (n_exp_rows && pl.exp_buf == NULL)) {
+        free(scratch);
+        free(pl.exp_buf);
+        return CE_ERR_NOMEM;
+    }
 #ifdef _OPENMP
     if (by_chunks)
         run_by_chunks(&pl, scratch, nt, &stopper);
@@ -1111,6 +1138,7 @@ int ce_run(const ce_problem *p, int n_threads)
 #endif
         run_by_rows(&pl, scratch, nt, &stopper);
     free(scratch);
+    free(pl.exp_buf);
     return ce_stopper_stopped(&stopper) ? CE_INTERRUPTED : CE_OK;
 }
 

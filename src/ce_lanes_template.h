@@ -26,15 +26,24 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load)(const CE_T *p, int64_t count, CE_
     return CE_SELECT(CE_NAME(lanes_below)(count), CE_VLOAD(buf), CE_NAME(splat)(fill));
 }
 
+/* The first count lanes of v to p, as values of type with vstore (a whole
+ * vector stored directly, else through a buffer). */
+#ifndef CE_STORE_LANES
+#define CE_STORE_LANES(type, vstore, p, count, v)                            \
+    do {                                                                     \
+        if ((count) == CE_W) {                                               \
+            vstore(p, v);                                                    \
+        } else {                                                             \
+            type lanes_[CE_W];                                               \
+            vstore(lanes_, v);                                               \
+            memcpy(p, lanes_, (size_t)(count) * sizeof(type));               \
+        }                                                                    \
+    } while (0)
+#endif
+
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(store)(CE_T *p, int64_t count, CE_VT v)
 {
-    if (count == CE_W) {
-        CE_VSTORE(p, v);
-    } else {
-        CE_T buf[CE_W];
-        CE_VSTORE(buf, v);
-        memcpy(p, buf, (size_t)count * sizeof(CE_T));
-    }
+    CE_STORE_LANES(CE_T, CE_VSTORE, p, count, v);
 }
 
 /* The largest lane of m. */

@@ -78,10 +78,11 @@ CE_TARGET static double CE_NAME(max)(const void *xv, int64_t n, double softcap)
 
 /* ---- the linear term's coefficients ------------------------------------ */
 
-/* count weights or soft targets from p, zero beyond count. They are stored
- * in the compute type (float for float32 and half-precision logits), so a
- * half-precision path never rounds them to its own element type. */
-CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load_aux)(const CE_CT *p, int64_t count)
+/* count values of the compute type from p, zero beyond count: weights and
+ * soft targets, and the exponentials sweep 1 keeps for sweep 2. They are
+ * stored in the compute type (float for float32 and half-precision logits),
+ * so a half-precision path never rounds them to its own element type. */
+CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load_ct)(const CE_CT *p, int64_t count)
 {
     if (count == CE_W) return CE_VLOAD_CT(p);
     CE_CT buf[CE_W];
@@ -90,14 +91,19 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(load_aux)(const CE_CT *p, int64_t count
     return CE_VLOAD_CT(buf);
 }
 
+CE_TARGET CE_ALWAYS_INLINE void CE_NAME(store_ct)(CE_CT *p, int64_t count, CE_VT v)
+{
+    CE_STORE_LANES(CE_CT, CE_VSTORE_CT, p, count, v);
+}
+
 /* a[j..j+count) of the chunk options, zero beyond count. */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(coef)(
     const ce_chunk_opts *opts, int64_t j, int64_t count, const int has_w, const int has_y)
 {
     CE_VT a = CE_NAME(splat)((CE_CT)1);
-    if (has_w) a = CE_NAME(load_aux)((const CE_CT *)opts->w + j, count);
+    if (has_w) a = CE_NAME(load_ct)((const CE_CT *)opts->w + j, count);
     if (has_y) {
-        CE_VT y = CE_NAME(load_aux)((const CE_CT *)opts->y + j, count);
+        CE_VT y = CE_NAME(load_ct)((const CE_CT *)opts->y + j, count);
         a = a * (y * (CE_CT)opts->y_mul + (CE_CT)opts->y_add);
     }
     if (count < CE_W) a = CE_SELECT(CE_NAME(lanes_below)(count), a, (CE_VT){0});
@@ -118,7 +124,7 @@ typedef struct {
 /* One vector's worth of the first sweep, given its logits v: returns
  * exp(v - shift) and adds the linear and entropy sums. */
 CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
-    CE_VT v, int64_t j, int64_t count, CE_T *e, CE_VT shift, const ce_chunk_opts *opts,
+    CE_VT v, int64_t j, int64_t count, CE_CT *e, CE_VT shift, const ce_chunk_opts *opts,
     CE_NAME(sums) *s, CE_FLAG_PARAMS)
 {
     CE_VT ex = CE_VEXP(v - shift);
@@ -131,7 +137,7 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
         CE_ACC_ADD(&s->asum, a);
     }
     if (use_ent) CE_ACC_ADD(&s->ent, CE_SELECT(ex != (CE_CT)0, ex * (shift - v), (CE_VT){0}));
-    if (store) CE_NAME(store)(e + j, count, ex);
+    if (store) CE_NAME(store_ct)(e + j, count, ex);
     return ex;
 }
 
@@ -141,7 +147,7 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(stats_step)(
  * that block starts (else n): nothing of the block has been computed or
  * stored, so in place its logits are still there. */
 CE_TARGET CE_ALWAYS_INLINE int64_t CE_NAME(exp_pass)(
-    const CE_T *x, int64_t n, CE_T *e, const ce_chunk_opts *opts, double shift,
+    const CE_T *x, int64_t n, CE_CT *e, const ce_chunk_opts *opts, double shift,
     CE_NAME(sums) *s, const int guarded, double limit, double *max_seen, CE_FLAG_PARAMS)
 {
     const CE_CT neg_inf = -(CE_CT)__builtin_inf();
@@ -190,12 +196,12 @@ CE_TARGET CE_ALWAYS_INLINE int64_t CE_NAME(exp_pass)(
 }
 
 /* e[0:n] *= f, rounded once in the compute type. */
-CE_TARGET CE_ALWAYS_INLINE void CE_NAME(scale_stored)(CE_T *e, int64_t n, CE_CT f)
+CE_TARGET CE_ALWAYS_INLINE void CE_NAME(scale_stored)(CE_CT *e, int64_t n, CE_CT f)
 {
     const CE_VT vf = CE_NAME(splat)(f);
     for (int64_t i = 0; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
-        CE_NAME(store)(e + i, count, CE_NAME(load)(e + i, count, (CE_CT)0) * vf);
+        CE_NAME(store_ct)(e + i, count, CE_NAME(load_ct)(e + i, count) * vf);
     }
 }
 
@@ -210,7 +216,7 @@ CE_TARGET CE_ALWAYS_INLINE double CE_NAME(scale_of_largest)(double m, double shi
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
-    const CE_T *x, int64_t n, CE_T *e, const ce_chunk_opts *opts, ce_chunk_stats *st,
+    const CE_T *x, int64_t n, CE_CT *e, const ce_chunk_opts *opts, ce_chunk_stats *st,
     CE_FLAG_PARAMS)
 {
     CE_NAME(sums) s;
@@ -260,7 +266,7 @@ CE_TARGET static void CE_NAME(stats)(const void *xv, int64_t n, void *ev,
                                      const ce_chunk_opts *opts, ce_chunk_stats *st)
 {
     const CE_T *x = (const CE_T *)xv;
-    CE_T *e = (CE_T *)ev;
+    CE_CT *e = (CE_CT *)ev;
     const int has_w = opts->w != NULL, has_y = opts->y != NULL;
     const int has_cap = opts->softcap > 0.0, use_ent = opts->entropy != 0;
     if (use_ent && !has_cap && !opts->active && e == NULL) {
@@ -313,37 +319,40 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(grad_of_exp)(
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(rescale_step)(
-    CE_T *out, int64_t j, int64_t count, CE_VT f, CE_VT c, const ce_chunk_opts *opts,
-    int64_t t, CE_CT delta, const int use_lin, const int has_w, const int has_y)
+    const CE_CT *e, CE_T *out, int64_t j, int64_t count, CE_VT f, CE_VT c,
+    const ce_chunk_opts *opts, int64_t t, CE_CT delta, const int use_lin, const int has_w,
+    const int has_y)
 {
-    const CE_VT e = CE_NAME(load)(out + j, count, (CE_CT)0);
-    CE_VT v = CE_NAME(grad_of_exp)(e, f, c, opts, j, count, use_lin, has_w, has_y);
+    CE_VT v = CE_NAME(grad_of_exp)(CE_NAME(load_ct)(e + j, count), f, c, opts, j, count,
+                                   use_lin, has_w, has_y);
     CE_NAME(store)(out + j, count, CE_NAME(add_at_target)(v, j, count, t, delta));
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(rescale_body)(
-    CE_T *out, int64_t n, CE_VT f, CE_VT c, const ce_chunk_opts *opts, int64_t t,
-    CE_CT delta, const int use_lin, const int has_w, const int has_y)
+    const CE_CT *e, CE_T *out, int64_t n, CE_VT f, CE_VT c, const ce_chunk_opts *opts,
+    int64_t t, CE_CT delta, const int use_lin, const int has_w, const int has_y)
 {
     int64_t i = 0;
     for (; i + CE_W <= n; i += CE_W)
-        CE_NAME(rescale_step)(out, i, CE_W, f, c, opts, t, delta, use_lin, has_w, has_y);
+        CE_NAME(rescale_step)(e, out, i, CE_W, f, c, opts, t, delta, use_lin, has_w, has_y);
     if (i < n)
-        CE_NAME(rescale_step)(out, i, n - i, f, c, opts, t, delta, use_lin, has_w, has_y);
+        CE_NAME(rescale_step)(e, out, i, n - i, f, c, opts, t, delta, use_lin, has_w, has_y);
 }
 
-CE_TARGET static void CE_NAME(rescale)(void *outv, int64_t n, double f, double c,
-                                       const ce_chunk_opts *opts, int64_t t, double delta)
+CE_TARGET static void CE_NAME(rescale)(const void *ev, void *outv, int64_t n, double f,
+                                       double c, const ce_chunk_opts *opts, int64_t t,
+                                       double delta)
 {
+    const CE_CT *e = (const CE_CT *)ev;
     CE_T *out = (CE_T *)outv;
     const CE_VT vf = CE_NAME(splat)((CE_CT)f), vc = CE_NAME(splat)((CE_CT)c);
     const CE_CT d = (CE_CT)delta;
     const int has_w = opts->w != NULL, has_y = opts->y != NULL;
-    if (c == 0.0 || !opts->active) CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 0, 0, 0);
-    else if (has_w && has_y)       CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 1, 1, 1);
-    else if (has_w)                CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 1, 1, 0);
-    else if (has_y)                CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 1, 0, 1);
-    else                           CE_NAME(rescale_body)(out, n, vf, vc, opts, t, d, 1, 0, 0);
+    if (c == 0.0 || !opts->active) CE_NAME(rescale_body)(e, out, n, vf, vc, opts, t, d, 0, 0, 0);
+    else if (has_w && has_y)       CE_NAME(rescale_body)(e, out, n, vf, vc, opts, t, d, 1, 1, 1);
+    else if (has_w)                CE_NAME(rescale_body)(e, out, n, vf, vc, opts, t, d, 1, 1, 0);
+    else if (has_y)                CE_NAME(rescale_body)(e, out, n, vf, vc, opts, t, d, 1, 0, 1);
+    else                           CE_NAME(rescale_body)(e, out, n, vf, vc, opts, t, d, 1, 0, 0);
 }
 
 /* The second sweep when the first stored nothing (soft-capping, or an
@@ -382,6 +391,7 @@ CE_TARGET static double CE_NAME(exact_sumexp)(const void *vv, int64_t n, int sto
                                               double shift, const ce_chunk_opts *opts)
 {
     const CE_T *v = (const CE_T *)vv;
+    const CE_CT *e = (const CE_CT *)vv;
     const int has_cap = opts->softcap > 0.0;
     const CE_VT vs = CE_NAME(splat)((CE_CT)shift);
     CE_ACC acc;
@@ -389,10 +399,9 @@ CE_TARGET static double CE_NAME(exact_sumexp)(const void *vv, int64_t n, int sto
     for (int64_t i = 0; i < n; i += CE_W) {
         const int64_t count = n - i < CE_W ? n - i : CE_W;
         /* the same values sweep 1 computed, lane for lane */
-        const CE_VT e = stored ? CE_NAME(load)(v + i, count, (CE_CT)0)
-                               : CE_VEXP(CE_NAME(logits)(v + i, count, -(CE_CT)__builtin_inf(),
-                                                         opts->softcap, has_cap) - vs);
-        CE_ACC_ADD(&acc, e);
+        CE_ACC_ADD(&acc, stored ? CE_NAME(load_ct)(e + i, count)
+                                : CE_VEXP(CE_NAME(logits)(v + i, count, -(CE_CT)__builtin_inf(),
+                                                          opts->softcap, has_cap) - vs));
     }
     return CE_ACC_SUM(acc);
 }

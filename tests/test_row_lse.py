@@ -81,6 +81,25 @@ def test_in_place_gradient_keeps_the_argmax(rng, shape):
     np.testing.assert_allclose(x, separate, rtol=1e-6, atol=1e-9)
 
 
+@pytest.mark.parametrize("shape", [(6, 5000), (2, 9000)], ids=str)
+def test_half_in_place_gradient_keeps_the_argmax(rng, shape):
+    """In place, half-precision exponentials are kept beside the output
+    (per thread on whole rows, shared when threads split a row): the logits
+    stay for the argmax, and the gradient is the float32 one of the upcast
+    logits rounded once."""
+    x, t = case(rng, shape, ml_dtypes.bfloat16)
+    upcast = x.astype(np.float32)
+    for threads in (1, 2):
+        work = x.copy()
+        grad32 = np.empty_like(upcast)
+        loss32, lse32, _ = loss_pass(upcast, t, _core.MODE_LOSS_GRAD, out=grad32, n_threads=threads)
+        loss, lse, argmax = loss_pass(work, t, _core.MODE_LOSS_GRAD, out=work, n_threads=threads)
+        np.testing.assert_array_equal(argmax, np.argmax(upcast, axis=-1))
+        np.testing.assert_allclose(loss, loss32, rtol=1e-6)
+        np.testing.assert_allclose(lse, ref.logsumexp(upcast.astype(np.float64)), rtol=2e-6)
+        np.testing.assert_array_equal(work, grad32.astype(ml_dtypes.bfloat16))
+
+
 def test_special_rows():
     """Ties take the first index, NaN wins as in numpy.argmax, +inf gives an
     lse of +inf, a row of -inf only an lse of -inf."""
