@@ -40,8 +40,11 @@ def batch():
 
 
 def run_steps(model, steps=3, step_fn=None, **extra):
-    """Losses and per-step parameter gradients of a few AdamW steps."""
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    """Losses and per-step parameter gradients of a few SGD steps. (Not
+    Adam: its first step moves every parameter by about lr whatever the
+    size of its gradient, so the sign of a gradient entry that is zero up to
+    rounding would decide the next steps.)"""
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
     inputs = dict(batch(), **extra)
     forward = step_fn or (lambda **kw: model(**kw).loss)
     losses, grads = [], []
