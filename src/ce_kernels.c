@@ -363,10 +363,12 @@ static double capped(const ce_plan *pl, double x)
 
 /* ---- the exact merge ----------------------------------------------------- */
 
-/* A sum kept as an unevaluated pair hi + lo with |lo| <= ulp(hi) / 2: its
- * error is 2^-106 of the terms, so the same terms added in any grouping
- * round to the same hi, save when the sum lies within about 2^-100 of a
- * rounding boundary. */
+/* A sum kept as an unevaluated pair hi + lo: each addition's rounding
+ * error is gathered in lo (not renormalised at every step, so that adding
+ * is a short dependency chain), and the pair is normalised when it is read
+ * (dd_value, dd_normalized). Its error is about 2^-104 of the terms, so
+ * the same terms added in any grouping round to the same double, save when
+ * the sum lies within about 2^-100 of a rounding boundary. */
 typedef struct {
     double hi, lo;
 } ce_dd;
@@ -374,21 +376,26 @@ typedef struct {
 static void dd_add(ce_dd *a, double b)
 {
     const double s = a->hi + b;
-    if (!isfinite(s)) {
-        a->hi = s;
-        a->lo = 0.0;
-        return;
-    }
     const double bb = s - a->hi;
-    const double lo = a->lo + ((a->hi - (s - bb)) + (b - bb));
-    a->hi = s + lo;
-    a->lo = lo - (a->hi - s);
+    a->lo += (a->hi - (s - bb)) + (b - bb);
+    a->hi = s;
 }
+
+/* hi + lo with |lo| <= ulp(hi) / 2; a sum that is not finite is hi alone
+ * (its lo may be NaN). */
+static ce_dd dd_normalized(ce_dd a)
+{
+    if (!isfinite(a.hi)) return (ce_dd){a.hi, 0.0};
+    const double s = a.hi + a.lo;
+    return (ce_dd){s, a.lo - (s - a.hi)};
+}
+
+static double dd_value(ce_dd a) { return dd_normalized(a).hi; }
 
 static void dd_add_dd(ce_dd *a, ce_dd b)
 {
     dd_add(a, b.hi);
-    dd_add(a, b.lo);
+    a->lo += b.lo;
 }
 
 /* a += x * y, the product taken exactly. */
@@ -516,31 +523,34 @@ static void exact_finish(const ce_exact *e, ce_merged *mg)
 {
     const double m = e->max;
     mg->max = m;
-    mg->sum = e->sum.hi + e->sum.lo;
+    mg->sum = dd_value(e->sum);
     if (e->frame != -INFINITY && isfinite(m)) mg->sum *= exp(e->frame - m);
-    ce_dd lin = e->lin;
-    if (e->asum.hi != 0.0) {
-        dd_add_product(&lin, m, e->asum.hi);
-        dd_add_product(&lin, m, e->asum.lo);
-        dd_add(&lin, -e->ashift.hi);
-        dd_add(&lin, -e->ashift.lo);
+    ce_dd lin = dd_normalized(e->lin);
+    const ce_dd asum = dd_normalized(e->asum), ashift = dd_normalized(e->ashift);
+    if (asum.hi != 0.0) {
+        dd_add_product(&lin, m, asum.hi);
+        dd_add_product(&lin, m, asum.lo);
+        dd_add(&lin, -ashift.hi);
+        dd_add(&lin, -ashift.lo);
     }
-    mg->lin = lin.hi + lin.lo;
-    mg->asum = e->asum.hi + e->asum.lo;
+    mg->lin = dd_value(lin);
+    mg->asum = asum.hi;
 }
 
 /* The exact form of a row's statistics, as ce_row_stats holds it. */
 static void exact_store(const ce_exact *e, ce_row_stats *rs)
 {
+    const ce_dd sum = dd_normalized(e->sum), lin = dd_normalized(e->lin);
+    const ce_dd asum = dd_normalized(e->asum), ashift = dd_normalized(e->ashift);
     rs->frame = e->frame;
     rs->frame_exp2 = e->k;
-    rs->sum_hi = e->sum.hi;
-    rs->sum_lo = e->sum.lo;
-    rs->lin_hi = e->lin.hi;
-    rs->lin_lo = e->lin.lo;
-    rs->wsum_lo = e->asum.lo;
-    rs->wshift_hi = e->ashift.hi;
-    rs->wshift_lo = e->ashift.lo;
+    rs->sum_hi = sum.hi;
+    rs->sum_lo = sum.lo;
+    rs->lin_hi = lin.hi;
+    rs->lin_lo = lin.lo;
+    rs->wsum_lo = asum.lo;
+    rs->wshift_hi = ashift.hi;
+    rs->wshift_lo = ashift.lo;
 }
 
 /* A shard's statistics rs into e. */

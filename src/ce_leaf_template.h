@@ -208,11 +208,15 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(scale_stored)(CE_CT *e, int64_t n, CE_CT
 /* The exact exp(m - shift) over the value the chunk's largest exponential
  * got (ce_chunk_stats.scale). Measured from a reference below m, that
  * value carries the rounding of m - shift and of exp (about 1e-7), which
- * would be most of log(sum) in a confident row whose maximum it is. */
-CE_TARGET CE_ALWAYS_INLINE double CE_NAME(scale_of_largest)(double m, double shift)
+ * would be most of log(sum) in a confident row whose maximum it is: so
+ * only in a chunk whose sum from shift is below 1.25 times that value
+ * (about the driver's CE_EXACT_SUM_BELOW of the sum from m); elsewhere 1,
+ * which leaves that term's error at the level of every other term's. */
+CE_TARGET CE_ALWAYS_INLINE double CE_NAME(scale_of_largest)(double m, double shift, double sum)
 {
     const CE_VT largest = CE_VEXP(CE_NAME(splat)((CE_CT)m) - CE_NAME(splat)((CE_CT)shift));
-    return exp(m - shift) / (double)largest[0];
+    const double got = (double)largest[0];
+    return sum < 1.25 * got ? exp(m - shift) / got : 1.0;
 }
 
 CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
@@ -251,7 +255,7 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(stats_body)(
         CE_NAME(exp_pass)(x + done, n - done, store ? e + done : e, opts, shift, &s, 0, 0.0,
                           NULL, CE_FLAG_ARGS);
     } else if (m > shift) {
-        scale = CE_NAME(scale_of_largest)(m, shift);
+        scale = CE_NAME(scale_of_largest)(m, shift, CE_ACC_SUM(s.sum));
     }
     st->max = m;
     st->shift = shift;
