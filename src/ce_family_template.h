@@ -71,18 +71,24 @@ CE_TARGET CE_ALWAYS_INLINE CE_VT CE_NAME(dist_term)(CE_VT p, CE_VT q, const int 
 
 typedef struct {
     CE_ACC total, p_sum, q_sum;
-    CE_VIT p_neg, q_neg;
+    CE_VT p_min, q_min;
 } CE_NAME(dist_acc);
 
-CE_TARGET CE_ALWAYS_INLINE void CE_NAME(dist_step)(CE_NAME(dist_acc) *a, CE_VT p, CE_VT q,
-                                                   const int mode)
+/* Adds the terms and inputs of one or two vectors (p1, q1 zero when
+ * alone): a pair is added in the compute type, one rounding at the level
+ * of the terms' own, and widened once, which halves the widening work. */
+CE_TARGET CE_ALWAYS_INLINE void CE_NAME(dist_step)(CE_NAME(dist_acc) *a, CE_VT p0, CE_VT q0,
+                                                   CE_VT p1, CE_VT q1, const int mode)
 {
-    CE_ACC_ADD(&a->total, CE_NAME(dist_term)(p, q, mode));
-    CE_ACC_ADD(&a->p_sum, p);
-    a->p_neg |= p < (CE_CT)0;
+    CE_ACC_ADD(&a->total, CE_NAME(dist_term)(p0, q0, mode) + CE_NAME(dist_term)(p1, q1, mode));
+    CE_ACC_ADD(&a->p_sum, p0 + p1);
+    /* the smallest input, NaN passed over as by `< 0` */
+    a->p_min = CE_SELECT(p0 < a->p_min, p0, a->p_min);
+    a->p_min = CE_SELECT(p1 < a->p_min, p1, a->p_min);
     if (mode != CE_DIST_ENTROPY) {
-        CE_ACC_ADD(&a->q_sum, q);
-        a->q_neg |= q < (CE_CT)0;
+        CE_ACC_ADD(&a->q_sum, q0 + q1);
+        a->q_min = CE_SELECT(q0 < a->q_min, q0, a->q_min);
+        a->q_min = CE_SELECT(q1 < a->q_min, q1, a->q_min);
     }
 }
 
@@ -91,19 +97,26 @@ CE_TARGET CE_ALWAYS_INLINE void CE_NAME(dist_body)(const CE_T *p, const CE_T *q,
 {
     CE_NAME(dist_acc) a;
     memset(&a, 0, sizeof a);
-    const CE_VT one = CE_NAME(splat)(1);
-    for (int64_t i = 0; i < n; i += CE_W) {
+    const CE_VT zero = (CE_VT){0}, one = CE_NAME(splat)(1);
+    int64_t i = 0;
+    for (; i + 2 * CE_W <= n; i += 2 * CE_W) {
+        const CE_VT p0 = CE_NAME(load)(p + i, CE_W, 0), p1 = CE_NAME(load)(p + i + CE_W, CE_W, 0);
+        const CE_VT q0 = q ? CE_NAME(load)(q + i, CE_W, 0) : one;
+        const CE_VT q1 = q ? CE_NAME(load)(q + i + CE_W, CE_W, 0) : one;
+        CE_NAME(dist_step)(&a, p0, q0, p1, q1, mode);
+    }
+    for (; i < n; i += CE_W) {
         /* padding lanes: p = q = 0 contribute nothing */
         const int64_t count = n - i < CE_W ? n - i : CE_W;
         const CE_VT pv = CE_NAME(load)(p + i, count, 0);
         const CE_VT qv = q ? CE_NAME(load)(q + i, count, 0) : one;
-        CE_NAME(dist_step)(&a, pv, qv, mode);
+        CE_NAME(dist_step)(&a, pv, qv, zero, zero, mode);
     }
     out->total = CE_ACC_SUM(a.total);
     out->p_sum = CE_ACC_SUM(a.p_sum);
     out->q_sum = mode == CE_DIST_ENTROPY ? 0.0 : CE_ACC_SUM(a.q_sum);
-    out->p_negative = CE_NAME(fany)(a.p_neg);
-    out->q_negative = mode == CE_DIST_ENTROPY ? 0 : CE_NAME(fany)(a.q_neg);
+    out->p_negative = CE_NAME(fany)(a.p_min < (CE_CT)0);
+    out->q_negative = mode == CE_DIST_ENTROPY ? 0 : CE_NAME(fany)(a.q_min < (CE_CT)0);
 }
 
 CE_TARGET static void CE_NAME(dist)(ce_dist_mode mode, const void *p, const void *q, int64_t n,

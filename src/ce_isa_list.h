@@ -15,6 +15,7 @@
 #define CE_F16_STORE ce_store_f16_w4
 #define CE_BF16_LOAD ce_load_bf16_w4
 #define CE_EXP_F32 ce_exp_f_w4
+#define CE_LOG_F32 ce_log_f_w4
 #define CE_MAX_F32 ce_max_f_w4
 #define CE_MAX_F64 ce_max_d_w4
 #define CE_ANY_ABOVE_F32 ce_any_above_f_w4
@@ -33,6 +34,7 @@
 #define CE_F16_STORE ce_f16_store_avx2
 #define CE_BF16_LOAD ce_bf16_load_avx2
 #define CE_EXP_F32 ce_exp_f_w8
+#define CE_LOG_F32 ce_log_f_w8
 #define CE_MAX_F32 ce_max_f_avx2
 #define CE_MAX_F64 ce_max_d_avx2
 #define CE_ANY_ABOVE_F32 ce_any_above_f_avx2
@@ -50,6 +52,7 @@
 #define CE_F16_STORE ce_f16_store_avx512
 #define CE_BF16_LOAD ce_bf16_load_avx512
 #define CE_EXP_F32 ce_exp_f_avx512
+#define CE_LOG_F32 ce_log_f_avx512
 #define CE_MAX_F32 ce_max_f_avx512
 #define CE_MAX_F64 ce_max_d_avx512
 #define CE_ANY_ABOVE_F32 ce_any_above_f_avx512

@@ -5,8 +5,8 @@
  * attribute that selects it, CE_VW (_w4, _w8, _w16) naming the vector width
  * of its registers (ce_vec.h) and CE_LANES its float lanes, CE_F16_LOAD /
  * CE_F16_STORE / CE_BF16_LOAD as the half-precision conversions, CE_EXP_F32
- * as the float exponential (with CE_VEXP, CE_VLOG, CE_VLOG1P the compute
- * type's exponential and logarithms, CE_VLOG1P_CORE log1p without its
+ * and CE_LOG_F32 as the float exponential and logarithm (with CE_VEXP,
+ * CE_VLOG, CE_VLOG1P the compute type's exponential and logarithms, CE_VLOG1P_CORE log1p without its
  * special values, for arguments in (-1, 1], CE_BCE_DX binary cross-entropy's
  * gradient), CE_MAX_F32 / CE_MAX_F64 as the lane maxima,
  * CE_ANY_ABOVE_F32 / CE_ANY_ABOVE_F64 as the lane tests and
@@ -27,7 +27,7 @@
 #define CE_W CE_LANES
 #define CE_IOTA CE_WIDE(iota_i32)()
 #define CE_VEXP CE_EXP_F32
-#define CE_VLOG CE_WIDE(log_f)
+#define CE_VLOG CE_LOG_F32
 #define CE_VLOG1P CE_WIDE(log1p_f)
 #define CE_VLOG1P_CORE CE_WIDE(log1p_core_f)
 #define CE_BCE_DX CE_WIDE(bce_dx_f)
@@ -149,6 +149,7 @@
 /* the instruction set's own macros (ce_isa_list.h) */
 #undef CE_BF16_LOAD
 #undef CE_EXP_F32
+#undef CE_LOG_F32
 #undef CE_MAX_F32
 #undef CE_MAX_F64
 #undef CE_ANY_ABOVE_F32

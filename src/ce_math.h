@@ -235,6 +235,63 @@ CE_INLINE_TARGET("avx512f") ce_vf_w16 ce_exp_f_avx512(ce_vf_w16 x)
     return (ce_vf_w16)_mm512_maskz_scalef_ps(keep, y, kj);
 }
 
+
+/* Tables of log_f for AVX-512, one register each, indexed by the top four
+ * fraction bits of m in [0.75, 1.5): cells [1 + j/16, 1 + (j+1)/16) for
+ * j < 8 and [0.75 + (j-8)/32, 0.75 + (j-7)/32) above. inv is a 5-bit
+ * approximation of the cell's reciprocal (1 in the two cells around 1), so
+ * r = m inv - 1 is exact; -log(inv) = hi + lo with hi a multiple of 2^-17,
+ * so that k ln2_hi + hi is exact for every float's exponent k. */
+static const float ce_log_inv16[16] = {
+    0x1p+0f,   0x1.dp-1f, 0x1.cp-1f, 0x1.ap-1f, 0x1.9p-1f, 0x1.8p-1f, 0x1.7p-1f, 0x1.6p-1f,
+    0x1.5p+0f, 0x1.4p+0f, 0x1.3p+0f, 0x1.3p+0f, 0x1.2p+0f, 0x1.1p+0f, 0x1.1p+0f, 0x1p+0f,
+};
+static const float ce_log_hi16[16] = {
+    0.0f,         0x1.9338p-4f, 0x1.1178p-3f, 0x1.a94p-3f,  0x1.f99p-3f,  0x1.2696p-2f,
+    0x1.522ap-2f, 0x1.7fbp-2f,  -0x1.1676p-2f, -0x1.c9p-3f, -0x1.5ff4p-3f, -0x1.5ff4p-3f,
+    -0x1.e27p-4f, -0x1.f0ap-5f, -0x1.f0ap-5f, 0.0f,
+};
+static const float ce_log_lo16[16] = {
+    0.0f,           -0x1.0d1536p-19f, 0x1.d044fcp-20f,  -0x1.2c3752p-19f,
+    0x1.c6cb3cp-19f, 0x1.089a6ep-21f, 0x1.c0e714p-19f,  -0x1.7109fap-20f,
+    0x1.aa2a2cp-21f, 0x1.070cacp-20f, 0x1.f1eb0ep-20f,  0x1.f1eb0ep-20f,
+    -0x1.db8abcp-22f, -0x1.86008cp-20f, -0x1.86008cp-20f, 0.0f,
+};
+
+/* log_f for AVX-512, in about two thirds of the operations of the generic
+ * one: x = 2^k m with m in [0.75, 1.5) from vgetexpps / vgetmantps
+ * (subnormals included), m = (1 + r) / inv from a 16-entry table, and
+ * log x = (k ln2_hi + hi) + r + (r^2 P(r) + k ln2_lo + lo), P a cubic fit
+ * of (log1p(r) - r) / r^2 on r in [-0.0372, 0.0626] (relative error of
+ * log1p below 4.3e-9). The first two terms are added with their rounding
+ * error kept (|hi| >= |r| wherever hi is not 0), so the result is rounded
+ * about once: measured over every positive float, 0.591 ulp at most.
+ * Zero, infinities, negatives and NaN are set by vfixupimmps. */
+CE_INLINE_TARGET("avx512f") ce_vf_w16 ce_log_f_avx512(ce_vf_w16 xv)
+{
+    const __m512 x = (__m512)xv, one = _mm512_set1_ps(1.0f);
+    const __m512 m = _mm512_getmant_ps(x, _MM_MANT_NORM_p75_1p5, _MM_MANT_SIGN_zero);
+    __m512 k = _mm512_getexp_ps(x);
+    k = _mm512_mask_add_ps(k, _mm512_cmp_ps_mask(m, one, _CMP_LT_OQ), k, one);
+    /* m's top four fraction bits; vpermps reads only the low four of each lane */
+    const __m512i j = _mm512_srli_epi32(_mm512_castps_si512(m), 19);
+    const __m512 inv = _mm512_permutexvar_ps(j, _mm512_loadu_ps(ce_log_inv16));
+    const __m512 hi = _mm512_fmadd_ps(k, _mm512_set1_ps(0.693145751953125f),
+                                      _mm512_permutexvar_ps(j, _mm512_loadu_ps(ce_log_hi16)));
+    const __m512 lo = _mm512_fmadd_ps(k, _mm512_set1_ps(1.42860676533018708e-06f),
+                                      _mm512_permutexvar_ps(j, _mm512_loadu_ps(ce_log_lo16)));
+    const __m512 r = _mm512_fmsub_ps(m, inv, one);
+    const __m512 s = _mm512_add_ps(hi, r);
+    const __m512 t = _mm512_add_ps(_mm512_sub_ps(hi, s), r);   /* hi + r = s + t */
+    __m512 p = _mm512_fmadd_ps(r, _mm512_set1_ps(0x1.87893cp-3f), _mm512_set1_ps(-0x1.0046f2p-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0x1.555868p-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(-0x1.fffff8p-2f));
+    const __m512 small = _mm512_fmadd_ps(_mm512_mul_ps(r, r), p, lo);
+    const __m512 y = _mm512_add_ps(s, _mm512_add_ps(t, small));
+    /* per input class: QNaN, SNaN -> NaN; +-0 -> -inf; 1 -> +0; -inf -> NaN;
+     * +inf -> +inf; negative -> NaN; positive -> y */
+    return (ce_vf_w16)_mm512_fixupimm_ps(y, x, _mm512_set1_epi32(0x03538422), 0);
+}
 #endif
 
 #endif /* CE_MATH_H */
